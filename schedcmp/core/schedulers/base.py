@@ -1,0 +1,129 @@
+"""What every scheduler shares: the output type, the step counter, noise drawing, loading and saving."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from ..configuration import ConfigMixin
+
+SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+
+S = TypeVar("S", bound="SchedulerMixin")
+
+
+@dataclass
+class SchedulerOutput:
+    """The result of one ``step``: the next sample and, where the algorithm has one, its x0 estimate."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+    def to_tuple(self) -> tuple[torch.Tensor, ...]:
+        """The fields that are set, in order (diffusers' ``return_dict=False`` form)."""
+        return tuple(v for v in (self.prev_sample, self.pred_original_sample) if v is not None)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.to_tuple()[index]
+
+
+def randn_tensor(
+    shape: Sequence[int],
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Standard normal noise drawn exactly as diffusers draws it, so equal seeds give equal tensors.
+
+    A CPU generator with a non-CPU target draws on the CPU and copies; a list of generators draws one sample
+    of the batch from each.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    rand_device = device
+    if generator is not None:
+        generator_device = (generator[0] if isinstance(generator, list) else generator).device
+        if generator_device.type != device.type:
+            if generator_device.type != "cpu":
+                raise ValueError(f"Cannot generate a {device} tensor from a generator of type {generator_device.type}.")
+            rand_device = torch.device("cpu")
+    if isinstance(generator, list) and len(generator) == 1:
+        generator = generator[0]
+    if isinstance(generator, list):
+        one = (1, *shape[1:])
+        parts = [torch.randn(one, generator=g, device=rand_device, dtype=dtype) for g in generator[: shape[0]]]
+        return torch.cat(parts, dim=0).to(device)
+    return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
+
+
+class SchedulerMixin(ConfigMixin):
+    """Base of every scheduler: config file name, compatibles, and the step counter ``step`` advances.
+
+    Our schedulers follow the schedule by counting: the first ``step`` after ``set_timesteps`` is step
+    ``begin_index`` (0 unless ``set_begin_index`` was called), and each ``step`` advances by one. The
+    ``timestep`` argument is accepted for diffusers' contract but never looked up, so ``step`` needs no
+    host-device synchronisation.
+    """
+
+    config_name = SCHEDULER_CONFIG_NAME
+    order = 1
+    _step_index: int | None = None
+    _begin_index: int | None = None
+
+    @classmethod
+    def compatible_classes(cls) -> list[type[SchedulerMixin]]:
+        """Every scheduler of the family, this class included (all share the same training schedule)."""
+        from . import SCHEDULER_CLASSES
+
+        return list(SCHEDULER_CLASSES)
+
+    @property
+    def compatibles(self) -> list[type[SchedulerMixin]]:
+        """Scheduler classes that can be built from this scheduler's config with ``from_config``."""
+        return self.compatible_classes()
+
+    @classmethod
+    def from_pretrained(
+        cls: type[S],
+        pretrained_model_name_or_path: str | Path,
+        subfolder: str | None = None,
+        return_unused_kwargs: bool = False,
+        **kwargs: Any,
+    ) -> S | tuple[S, dict[str, Any]]:
+        """Build the scheduler from ``<folder>[/<subfolder>]/scheduler_config.json``, ``kwargs`` overriding it."""
+        config = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder)
+        return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Write ``scheduler_config.json`` into ``save_directory``; returns the file written."""
+        return self.save_config(save_directory)
+
+    @property
+    def step_index(self) -> int | None:
+        """Index of the next step in the schedule; None until the first ``scale_model_input`` or ``step``."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """First step index, set by a pipeline that starts part way (img2img); None means 0."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the next loop at schedule index ``begin_index`` (call after ``set_timesteps``)."""
+        self._begin_index = begin_index
+
+    def _reset_step_counter(self) -> None:
+        self._step_index = None
+        self._begin_index = None
+
+    def _current_step_index(self) -> int:
+        """The step index in force, starting the counter at ``begin_index`` if no step was taken yet."""
+        if self._step_index is None:
+            self._step_index = self._begin_index or 0
+        return self._step_index
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
