@@ -1,0 +1,234 @@
+"""PNDM: Liu, Ren, Lin & Zhao 2022, "Pseudo Numerical Methods for Diffusion Models on Manifolds" (arXiv:2202.09778).
+
+F-PNDM: a pseudo Runge-Kutta (PRK) warm-up followed by pseudo linear multistep (PLMS) steps, every update
+going through the DDIM-style transfer function phi of eq. 9. With ``skip_prk_steps`` the warm-up is replaced by
+the cheaper start of the PLMS sampler Stable Diffusion uses (one step, then a Heun-like redo of it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from ..configuration import register_to_config
+from ..errors import ConfigError
+from .base import SchedulerMixin, SchedulerOutput
+from .ddpm import add_noise_vp, alpha_bars_at, check_step_index, check_timesteps_in_range
+from .schedules import BetaSchedule, TimestepSpacing, check_num_inference_steps, make_betas, spaced_timesteps
+
+
+class _Stage(NamedTuple):
+    """What one model call does: how eps is combined, and what the history records (see ``step``)."""
+
+    kind: str  # "rk1".."rk4" (PRK stages), "first", "redo" (PLMS start), "ab2".."ab4" (PLMS orders)
+    sample_coeff: float  # sqrt(abar_prev / abar_t)
+    eps_numerator: float  # abar_prev - abar_t
+    eps_denominator: float  # abar_t sqrt(1 - abar_prev) + sqrt(abar_t (1 - abar_t) abar_prev)
+    sqrt_alpha_bar: float  # sqrt(abar_t), for v-prediction
+    sqrt_beta_bar: float  # sqrt(1 - abar_t), for v-prediction
+
+
+class PNDMScheduler(SchedulerMixin):
+    """Pseudo numerical sampling (Liu et al. 2022): PRK warm-up then fourth-order PLMS (F-PNDM), or PLMS alone.
+
+    Steps follow the schedule by counting (see ``SchedulerMixin``): ``step``'s ``timestep`` argument is accepted
+    for diffusers' contract and ignored. ``set_timesteps`` (and ``set_begin_index``) lays out every model call's
+    stage and float32 coefficients as diffusers' ``counter`` / ``ets`` / ``cur_sample`` bookkeeping would.
+    """
+
+    order = 1
+    pndm_order = 4
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: BetaSchedule = "linear",
+        trained_betas: Sequence[float] | np.ndarray | None = None,
+        skip_prk_steps: bool = False,
+        set_alpha_to_one: bool = False,
+        prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
+        timestep_spacing: TimestepSpacing = "leading",
+        steps_offset: int = 0,
+    ) -> None:
+        self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self.timesteps: torch.Tensor | None = None
+        self.prk_timesteps: np.ndarray | None = None
+        self.plms_timesteps: np.ndarray | None = None
+        self._schedule = np.zeros(0, dtype=np.int64)
+        self._stages: list[_Stage | None] = []
+        self._clear_history()
+
+    @property
+    def is_stochastic(self) -> bool:
+        """False: PNDM is a deterministic ODE solver."""
+        return False
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
+        """The model input is x_t itself (Liu et al. 2022 eq. 9): returned unchanged."""
+        return sample
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Lay out the PRK warm-up calls and the PLMS steps of F-PNDM (Liu et al. 2022 sec. 3)."""
+        num_train = self.config.num_train_timesteps
+        n = check_num_inference_steps("PNDMScheduler", num_inference_steps, num_train)
+        if not self.config.skip_prk_steps and n < 4:
+            raise ConfigError(
+                f"PNDMScheduler: skip_prk_steps=False needs num_inference_steps >= 4 for its three Runge-Kutta "
+                f"warm-up steps, got {n}; use more steps or skip_prk_steps=True"
+            )
+        ascending = spaced_timesteps(self.config.timestep_spacing, num_train, n, self.config.steps_offset)[::-1]
+        if self.config.timestep_spacing == "linspace":
+            ascending = ascending.round()
+        ascending = ascending.astype(np.int64)
+        if self.config.skip_prk_steps:
+            # PLMS start: the second-to-last timestep is visited twice (one step, then its Heun-like redo).
+            self.prk_timesteps = np.zeros(0, dtype=np.int64)
+            self.plms_timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1].copy()
+        else:
+            # Three PRK steps over the largest four timesteps, each 4 calls at t, t - h, t - h, t - r.
+            half = num_train // n // 2
+            a, b, c, d = ascending[-4:].tolist()
+            self.prk_timesteps = np.array(
+                [d, c + half, c + half, c, c, b + half, b + half, b, b, a + half, a + half, a], dtype=np.int64
+            )
+            self.plms_timesteps = ascending[:-3][::-1].copy()
+        self._schedule = np.concatenate([self.prk_timesteps, self.plms_timesteps])
+        self.num_inference_steps = n
+        self._reset_step_counter()
+        self._build_stages(begin=0)
+        self.timesteps = torch.from_numpy(self._schedule).to(device)
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at schedule index ``begin_index``, the warm-up restarting there as diffusers' counter does."""
+        super().set_begin_index(begin_index)
+        if self.num_inference_steps is not None:
+            self._build_stages(begin=begin_index)
+
+    def _build_stages(self, begin: int) -> None:
+        """Replay diffusers' counter logic for a loop starting at ``begin``; coefficients in float32 as diffusers."""
+        num_train, n = self.config.num_train_timesteps, self.num_inference_steps
+        stride, half = num_train // n, num_train // n // 2
+        num_prk = len(self.prk_timesteps)
+        kinds: list[str] = []
+        current: list[int] = []
+        previous: list[int] = []
+        history = 0  # len(ets) in diffusers
+        for index in range(begin, len(self._schedule)):
+            counter, t = index - begin, int(self._schedule[index])
+            if counter < num_prk:
+                # PRK: every call of a block uses the block's start timestep as "t"
+                kinds.append(f"rk{counter % 4 + 1}")
+                current.append(int(self.prk_timesteps[counter // 4 * 4]))
+                previous.append(t - (0 if counter % 2 else half))
+                history += counter % 4 == 0
+            elif counter == 1:
+                # diffusers quirk, matched: the redo goes from t + T // n to t, whatever the spacing
+                kinds.append("redo")
+                current.append(t + stride)
+                previous.append(t)
+            else:
+                history = 1 if counter == 0 else min(history, 3) + 1
+                kinds.append("first" if counter == 0 else f"ab{history}")
+                current.append(t)
+                previous.append(t - stride)
+        current_np, previous_np = np.array(current, dtype=np.int64), np.array(previous, dtype=np.int64)
+        check_timesteps_in_range(
+            "PNDMScheduler", current_np, num_train, self.config.timestep_spacing, self.config.steps_offset
+        )
+        alpha_bar = self.alphas_cumprod[torch.from_numpy(current_np)]
+        alpha_bar_prev = alpha_bars_at(self.alphas_cumprod, previous_np, self.final_alpha_cumprod)
+        beta_bar, beta_bar_prev = 1 - alpha_bar, 1 - alpha_bar_prev
+        # phi of eq. 9, written as diffusers writes it
+        sample_coeff = (alpha_bar_prev / alpha_bar) ** 0.5
+        denominator = alpha_bar * beta_bar_prev**0.5 + (alpha_bar * beta_bar * alpha_bar_prev) ** 0.5
+        columns = zip(
+            kinds,
+            sample_coeff.tolist(),
+            (alpha_bar_prev - alpha_bar).tolist(),
+            denominator.tolist(),
+            (alpha_bar**0.5).tolist(),
+            (beta_bar**0.5).tolist(),
+            strict=True,
+        )
+        self._stages = [None] * begin + [_Stage(*column) for column in columns]
+        self._clear_history()
+
+    def _clear_history(self) -> None:
+        self._ets: list[torch.Tensor] = []  # past model outputs, newest last (at most 4)
+        self._cur_sample: torch.Tensor | None = None  # x_t at the start of the current RK block / PLMS start
+        self._rk_sum: torch.Tensor | None = None  # running 1/6, 1/3, 1/3 weighted sum of the RK stages
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple[torch.Tensor]:
+        """One model call of PRK or PLMS (Liu et al. 2022 sec. 3) moved through phi (eq. 9)."""
+        # Notation (Liu et al. 2022):
+        #   e_k           model outputs (eps; v is converted inside phi), newest e_1
+        #   x_t           the sample the transfer starts from (block start for RK stages and the PLMS redo)
+        #   phi(x, e)     sqrt(abar_prev / abar_t) x - (abar_prev - abar_t) e / denominator   (eq. 9)
+        if self.num_inference_steps is None:
+            raise ConfigError("PNDMScheduler: call set_timesteps before step")
+        i = self._current_step_index()
+        check_step_index("PNDMScheduler", i, len(self._stages))
+        stage = self._stages[i]
+        base = sample
+
+        # 1. combine the model outputs into the eps used by phi
+        if stage.kind == "rk1":  # first RK stage: remember x_t and e_1
+            self._rk_sum = 1 / 6 * model_output
+            self._ets.append(model_output)
+            self._cur_sample = sample
+            eps = model_output
+        elif stage.kind in ("rk2", "rk3"):  # intermediate stages move from x_t with their own eps
+            self._rk_sum = self._rk_sum + 1 / 3 * model_output
+            base, eps = self._cur_sample, model_output
+        elif stage.kind == "rk4":  # e' = (e_1 + 2 e_2 + 2 e_3 + e_4) / 6
+            base, eps = self._cur_sample, self._rk_sum + 1 / 6 * model_output
+            self._rk_sum = None
+        elif stage.kind == "first":  # PLMS start: plain first-order step, x_t kept for the redo
+            self._ets.append(model_output)
+            self._cur_sample = sample
+            eps = model_output
+        elif stage.kind == "redo":  # redo the first step with the mean of both ends (not stored in ets)
+            base, eps = self._cur_sample, (model_output + self._ets[-1]) / 2
+            self._cur_sample = None
+        else:  # PLMS: Adams-Bashforth combinations (orders 2 and 3 while the history fills up)
+            self._ets = [*self._ets[-3:], model_output]
+            e = self._ets
+            if stage.kind == "ab2":
+                eps = (3 * e[-1] - e[-2]) / 2
+            elif stage.kind == "ab3":
+                eps = (23 * e[-1] - 16 * e[-2] + 5 * e[-3]) / 12
+            else:
+                eps = (1 / 24) * (55 * e[-1] - 59 * e[-2] + 37 * e[-3] - 9 * e[-4])
+
+        # 2. v-prediction: convert the combined output to eps at t (diffusers converts after combining)
+        if self.config.prediction_type == "v_prediction":
+            eps = stage.sqrt_alpha_bar * eps + stage.sqrt_beta_bar * base
+
+        # 3. transfer x_t -> x_{t - delta} with phi (eq. 9)
+        prev_sample = stage.sample_coeff * base - stage.eps_numerator * eps / stage.eps_denominator
+
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Forward diffusion q(x_t | x_0) (Ho et al. 2020 eq. 4), the process PNDM inverts."""
+        return add_noise_vp(self.alphas_cumprod, original_samples, noise, timesteps)
