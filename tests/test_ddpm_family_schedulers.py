@@ -3,6 +3,7 @@ return forms, dtypes and the no-host-sync guarantee (a whole loop on the ``meta`
 
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 
@@ -43,7 +44,7 @@ def loop(scheduler: object, timesteps: torch.Tensor, dtype: torch.dtype = torch.
     for index, t in enumerate(timesteps):
         model_output = torch.randn(SHAPE, generator=torch.Generator().manual_seed(index)).to(dtype)
         step_kwargs = dict(kwargs)
-        if not isinstance(scheduler, diffusers.PNDMScheduler):
+        if "generator" in inspect.signature(scheduler.step).parameters:
             step_kwargs["generator"] = generator
         out = scheduler.step(model_output, t, scheduler.scale_model_input(sample, t), return_dict=False, **step_kwargs)
         sample = out[0]
