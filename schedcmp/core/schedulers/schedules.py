@@ -146,15 +146,14 @@ def beta_ppf(q: float, a: float, b: float) -> float:
     if q >= 1.0:
         return 1.0
     lo, hi = 0.0, 1.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
+    mid = 0.5
+    while lo < mid < hi:  # halve until the interval is one float64 ulp wide
         if regularized_incomplete_beta(mid, a, b) < q:
             lo = mid
         else:
             hi = mid
-        if hi - lo <= 1e-17:
-            break
-    return 0.5 * (lo + hi)
+        mid = 0.5 * (lo + hi)
+    return mid
 
 
 def beta_sigmas(
