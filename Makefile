@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 # Which torch to install. Users with a GPU get the normal range; without one (and in CI) the CPU wheel.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.1,<3' || echo 'torch==2.13.0')
 PLAN ?= configs/seed-doc.yaml
+PROMPT ?= a red circle on a blue background
 OUT ?= out/seed-doc
 PYTEST_ARGS ?=
 
@@ -24,7 +25,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-run
 	touch $@
 
 run: $(VENV)/.installed-run
-	$(BIN)/schedcmp run $(PLAN) --model builtin:shapes --out $(OUT) --overwrite
+	$(BIN)/schedcmp run $(PLAN) --model builtin:shapes --prompt "$(PROMPT)" --out $(OUT) --overwrite
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check schedcmp tests benchmarks

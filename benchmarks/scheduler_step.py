@@ -24,7 +24,8 @@ from rich.table import Table
 import schedcmp.core as core
 from schedcmp.core.schedulers import SCHEDULER_CLASSES
 
-SD15_CONFIG = json.loads((Path(__file__).parents[1] / "tests/fixtures/sd15/scheduler/scheduler_config.json").read_text())
+SD15_CONFIG_FILE = Path(__file__).parents[1] / "tests/fixtures/sd15/scheduler/scheduler_config.json"
+SD15_CONFIG = json.loads(SD15_CONFIG_FILE.read_text())
 SHAPE = (1, 4, 64, 64)
 
 
@@ -55,7 +56,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(2)
     model_outputs = [torch.randn(SHAPE, generator=generator) for _ in range(8)]
 
-    table = Table(title=f"Scheduler overhead, {args.steps} steps, 1x4x64x64 fp32, CPU 1 thread (median of {args.repeats})")
+    title = f"Scheduler overhead, {args.steps} steps, 1x4x64x64 fp32, CPU 1 thread (median of {args.repeats})"
+    table = Table(title=title)
     for column in ("scheduler", "step us (ours)", "step us (diffusers)", "ratio", "set_timesteps us (ours)",
                    "set_timesteps us (diffusers)", "ratio"):
         table.add_column(column, justify="left" if column == "scheduler" else "right")
@@ -65,8 +67,8 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved A B A B so drift hits both alike
             ours_runs.append(time_loop(getattr(core, cls.__name__), args.steps, model_outputs))
             theirs_runs.append(time_loop(theirs_cls, args.steps, model_outputs))
-        ours_set, ours_step = (statistics.median(x) * 1e6 for x in zip(*ours_runs))
-        theirs_set, theirs_step = (statistics.median(x) * 1e6 for x in zip(*theirs_runs))
+        ours_set, ours_step = (statistics.median(x) * 1e6 for x in zip(*ours_runs, strict=True))
+        theirs_set, theirs_step = (statistics.median(x) * 1e6 for x in zip(*theirs_runs, strict=True))
         table.add_row(
             cls.__name__,
             f"{ours_step:.0f}",

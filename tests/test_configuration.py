@@ -9,11 +9,11 @@ from pathlib import Path
 
 import diffusers
 import pytest
+from scheduler_cases import BASE_CONFIGS, CLASS_NAMES
 
 import schedcmp.core as core
 from schedcmp.core import ConfigError, ConfigWarning, FrozenConfig
 from schedcmp.core.configuration import DIFFUSERS_FORMAT_VERSION
-from scheduler_cases import BASE_CONFIGS, CLASS_NAMES
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import diffusers
 import pytest
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
+from scheduler_cases import BASE_CONFIGS
 
 import schedcmp.core as core
 from schedcmp.core.schedulers import ALIASES, SCHEDULER_CLASSES, known_scheduler_names, resolve_scheduler
-from scheduler_cases import BASE_CONFIGS
 
 ALIAS_TABLE = {
     "ddim": "DDIMScheduler",

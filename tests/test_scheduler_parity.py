@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import diffusers
 import pytest
 import torch
+from scheduler_cases import ALL_CASES, Case
 
 import schedcmp.core as core
-from scheduler_cases import ALL_CASES, Case
 
 SHAPE = (2, 4, 8, 8)
 RELATIVE_TOLERANCE = 1e-5
@@ -87,7 +87,7 @@ def run_loop(cls: type, case: Case, ours: bool) -> Trace:
             trace.model_inputs.append(model_input)
             trace.prev_samples.append(sample)
             trace.pred_originals.append(getattr(output, "pred_original_sample", None))
-    except Exception as error:  # noqa: BLE001 - the phase of any failure is what is compared
+    except Exception as error:
         raise PhaseError(phase, error) from error
     return trace
 
@@ -136,10 +136,10 @@ def test_loop_matches_diffusers(case: Case) -> None:
     assert ours.order == theirs.order
     assert math.isclose(ours.init_noise_sigma, theirs.init_noise_sigma, rel_tol=1e-6)
     assert len(ours.prev_samples) == len(theirs.prev_samples)
-    for i, (a, b) in enumerate(zip(ours.model_inputs, theirs.model_inputs)):
+    for i, (a, b) in enumerate(zip(ours.model_inputs, theirs.model_inputs, strict=True)):
         assert_close(a, b, f"scale_model_input at step {i}")
-    for i, (a, b) in enumerate(zip(ours.prev_samples, theirs.prev_samples)):
+    for i, (a, b) in enumerate(zip(ours.prev_samples, theirs.prev_samples, strict=True)):
         assert_close(a, b, f"prev_sample at step {i}")
-    for i, (a, b) in enumerate(zip(ours.pred_originals, theirs.pred_originals)):
+    for i, (a, b) in enumerate(zip(ours.pred_originals, theirs.pred_originals, strict=True)):
         if a is not None and b is not None:
             assert_close(a, b, f"pred_original_sample at step {i}")

@@ -35,10 +35,10 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
     """Turn a config value into plain JSON data (tuples and arrays become lists, paths become strings)."""
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if isinstance(value, Path):
         return value.as_posix()
     if hasattr(value, "tolist"):  # numpy arrays and tensors
@@ -136,7 +136,7 @@ def register_to_config(init: Callable) -> Callable:
     def wrapped_init(self: ConfigMixin, *args: Any, **kwargs: Any) -> None:
         metadata = {k: v for k, v in kwargs.items() if k.startswith("_")}
         given = {k: v for k, v in kwargs.items() if not k.startswith("_")}
-        given.update(zip(defaults, args))
+        given.update(zip(defaults, args, strict=False))  # positional arguments
         values = {name: given.get(name, default) for name, default in defaults.items()}
         check_choices(type(self).__name__, init, values)
         defaulted = sorted(set(defaults) - set(given))
@@ -208,7 +208,9 @@ class ConfigMixin:
         if not isinstance(source_name, str):
             raise ConfigError(f"`_class_name` must be a string, got {source_name!r}")
         candidates = {
-            k: v for k, v in config.items() if k not in sibling_keys and not k.startswith("_") and k != "quantization_config"
+            k: v
+            for k, v in config.items()
+            if k not in sibling_keys and not k.startswith("_") and k != "quantization_config"
         }
 
         init_kwargs: dict[str, Any] = {}
@@ -253,7 +255,7 @@ class ConfigMixin:
 
     def to_json_string(self) -> str:
         """The config as diffusers writes it: sorted keys, 2-space indent, class name and format version."""
-        data = {k: _jsonable(v) for k, v in self.config.items() if k not in _UNSAVED_KEYS}
+        data = {k: to_jsonable(v) for k, v in self.config.items() if k not in _UNSAVED_KEYS}
         data["_class_name"] = type(self).__name__
         data["_diffusers_version"] = DIFFUSERS_FORMAT_VERSION
         return json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,129 @@
+"""Pipelines the engine drives: prompt encoding, one denoiser call, decoding. ``builtin:shapes`` lives here."""
+
+from __future__ import annotations
+
+import platform
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .errors import ConfigError
+from .models.shapes import ShapesDenoiser, ShapesTextEncoder, shapes_dataset, to_pil
+from .schedulers import PNDMScheduler, SchedulerMixin
+
+BUILTIN_SHAPES = "builtin:shapes"
+
+# The scheduler_config.json shipped with Stable Diffusion 1.5: builtin:shapes trains on the same schedule.
+SD15_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+
+class DenoisingPipeline(ABC):
+    """What the engine needs from a text-to-image diffusion model: encode, denoise one batch, decode."""
+
+    name: str
+    scheduler: SchedulerMixin
+    device: torch.device
+    dtype: torch.dtype
+    default_size: tuple[int, int]
+
+    @abstractmethod
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond) embeddings, each with a leading batch dimension of 1."""
+
+    @abstractmethod
+    def latent_shape(self, width: int, height: int) -> tuple[int, ...]:
+        """Shape of one latent (without batch) for an image of ``width`` x ``height`` pixels."""
+
+    @abstractmethod
+    def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """One model call: latents [B, ...], per-sample timesteps [B], embeddings [B, ...] -> model output."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Latents [B, ...] -> one RGB image each."""
+
+    def describe(self) -> dict[str, Any]:
+        """Model, device, dtype and library versions for the run record."""
+        return {
+            "model": self.name,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        }
+
+
+class ShapesPipeline(DenoisingPipeline):
+    """``builtin:shapes``: the exactly solvable model over a drawn data set of captioned shapes (no weights)."""
+
+    def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, size: int = 64):
+        if dtype != torch.float32:
+            raise ConfigError(
+                f"builtin:shapes computes exactly in fp32; got dtype {str(dtype).removeprefix('torch.')} "
+                "(use --dtype fp32 or auto)"
+            )
+        self.name = BUILTIN_SHAPES
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.default_size = (size, size)
+        self.size = size
+        self.scheduler = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
+        self.dataset = shapes_dataset(size)
+        self.text_encoder = ShapesTextEncoder(self.dataset)
+        self.denoiser = ShapesDenoiser(self.dataset, self.scheduler.alphas_cumprod).to(self.device)
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-weights over the data set for the prompt and for the negative prompt ("" = the whole set)."""
+        cond = self.text_encoder([prompt], device=self.device)  # [1, N]
+        uncond = self.text_encoder([negative_prompt], device=self.device)  # [1, N]
+        return cond, uncond
+
+    def latent_shape(self, width: int, height: int) -> tuple[int, ...]:
+        """builtin:shapes samples in pixel space at its drawn size."""
+        if (width, height) != self.default_size:
+            raise ConfigError(
+                f"builtin:shapes draws its data set at {self.size}x{self.size}; got size {width}x{height} "
+                f"(use --size {self.size}x{self.size} or leave --size out)"
+            )
+        return (3, height, width)
+
+    def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """The exact posterior-mean noise prediction (epsilon) for each sample."""
+        return self.denoiser(latents, timesteps, embeddings)
+
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Pixel space is the latent space here: map [-1, 1] to 8-bit RGB."""
+        return to_pil(latents)
+
+
+def load_pipeline(
+    model: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> DenoisingPipeline:
+    """The pipeline for a model name: ``builtin:shapes`` (Stable Diffusion folders come with the model loaders)."""
+    if model == BUILTIN_SHAPES:
+        return ShapesPipeline(device=device, dtype=dtype)
+    raise ConfigError(
+        f"cannot load model {model!r}: this version runs only the built-in model {BUILTIN_SHAPES!r}; "
+        "Stable Diffusion folders and hub ids are not supported yet"
+    )
+
+
+def load_scheduler_config(model: str) -> dict[str, Any]:
+    """The model's scheduler config alone (no weights): the built-in one, or ``<folder>/scheduler/``."""
+    if model == BUILTIN_SHAPES:
+        return dict(SD15_SCHEDULER_CONFIG)
+    return SchedulerMixin.load_config(model, subfolder="scheduler")

@@ -1,0 +1,250 @@
+"""Executes a Plan on a loaded pipeline: sequential runs timed alone, or batched lanes sharing model calls."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .core.errors import ConfigError
+from .core.pipeline import DenoisingPipeline
+from .core.schedulers import SchedulerMixin
+from .core.schedulers.base import randn_tensor
+from .errors import PlanError
+from .plan import Plan, RunSpec
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass
+class RunResult:
+    """What one run produced and cost. ``status`` is 'ok', 'failed' or 'not run' (interrupted before it)."""
+
+    index: int
+    spec: RunSpec
+    scheduler: SchedulerMixin
+    status: str = "not run"
+    image: Image.Image | None = None
+    latents: torch.Tensor | None = None
+    model_calls: int = 0
+    seconds: float = 0.0
+    scheduler_seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def seconds_per_call(self) -> float:
+        return self.seconds / self.model_calls if self.model_calls else 0.0
+
+
+@dataclass
+class EngineReport:
+    """All runs' results plus how the plan as a whole went."""
+
+    results: list[RunResult]
+    mode: str
+    wall_seconds: float
+    interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work so wall clocks measure it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _takes_generator(scheduler: SchedulerMixin) -> bool:
+    return "generator" in inspect.signature(scheduler.step).parameters
+
+
+@dataclass
+class _Lane:
+    """One run in flight: its scheduler, generator, current latents and position in its schedule."""
+
+    result: RunResult
+    generator: torch.Generator
+    latents: torch.Tensor
+    timesteps: list[torch.Tensor]
+    step_kwargs: dict[str, Any]
+    position: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.timesteps)
+
+
+class Engine:
+    """Runs every RunSpec of a plan against one pipeline, with the prompt encoded once for all of them."""
+
+    def __init__(self, pipeline: DenoisingPipeline, plan: Plan, generator_device: torch.device | str | None = None):
+        self.pipeline = pipeline
+        self.plan = plan
+        self.device = pipeline.device
+        self.generator_device = torch.device(generator_device) if generator_device else self.device
+        width, height = plan.size or pipeline.default_size
+        self.latent_shape = (1, *pipeline.latent_shape(width, height))
+        self.guided = plan.guidance > 1.0
+        self.results = [self._prepare(i, spec) for i, spec in enumerate(plan.runs)]
+        self.cond, self.uncond = pipeline.encode_prompt(plan.prompt, plan.negative_prompt)
+        self.single_lane_embeddings = self._embeddings(1)
+
+    def _prepare(self, index: int, spec: RunSpec) -> RunResult:
+        """Build the run's scheduler from the model's config and check its step count, before anything runs."""
+        try:
+            scheduler = spec.preset.build(self.pipeline.scheduler.config, **spec.config_options)
+            scheduler.set_timesteps(spec.steps, device=self.device)
+        except ConfigError as err:
+            raise PlanError(f"run {index + 1} ({spec.label}, {spec.steps} steps): {err}") from None
+        return RunResult(index, spec, scheduler)
+
+    @property
+    def total_model_calls(self) -> int:
+        """Model calls the whole plan will make (progress bar total)."""
+        return sum(len(r.scheduler.timesteps) for r in self.results)
+
+    def _new_lane(self, result: RunResult) -> _Lane:
+        """Fresh generator from the seed, initial latents drawn from it and scaled by init_noise_sigma."""
+        scheduler = result.scheduler
+        scheduler.set_timesteps(result.spec.steps, device=self.device)
+        generator = torch.Generator(self.generator_device).manual_seed(self.plan.seed)
+        latents = randn_tensor(self.latent_shape, generator, self.device, self.pipeline.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs = dict(result.spec.step_options)
+        if _takes_generator(scheduler):
+            step_kwargs["generator"] = generator
+        return _Lane(result, generator, latents, list(scheduler.timesteps), step_kwargs)
+
+    def _embeddings(self, lanes: int) -> torch.Tensor:
+        """Embeddings for ``lanes`` lanes: [uncond, cond] per lane under guidance, else cond alone."""
+        pair = torch.cat([self.uncond, self.cond]) if self.guided else self.cond  # [2 or 1, ...]
+        return pair.repeat(lanes, *([1] * (pair.dim() - 1)))  # [lanes * (2 or 1), ...]
+
+    def _guide(self, output: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance (Ho & Salimans 2022 eq. 6) on one lane's [uncond, cond] outputs."""
+        if not self.guided:
+            return output
+        uncond, cond = output.chunk(2)
+        return uncond + self.plan.guidance * (cond - uncond)
+
+    def _model_inputs(self, lane: _Lane) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lane's scaled model input [2 or 1, ...] and its timestep vector."""
+        t = lane.timesteps[lane.position]
+        latents = torch.cat([lane.latents] * 2) if self.guided else lane.latents
+        scaled = lane.result.scheduler.scale_model_input(latents, t)
+        return scaled, t.to(torch.float32).expand(scaled.shape[0])
+
+    def _advance(self, lane: _Lane, output: torch.Tensor) -> None:
+        """Guide the lane's model output and take its scheduler step."""
+        t = lane.timesteps[lane.position]
+        step = lane.result.scheduler.step(self._guide(output), t, lane.latents, **lane.step_kwargs)
+        lane.latents = step.prev_sample
+        lane.position += 1
+        lane.result.model_calls += 1
+
+    def warm_up(self) -> None:
+        """One model call on zeros so the first timed run does not pay for lazy initialisation."""
+        first = self.results[0].scheduler
+        latents = torch.zeros(self.latent_shape, device=self.device, dtype=self.pipeline.dtype)
+        inputs = torch.cat([latents] * 2) if self.guided else latents
+        timesteps = first.timesteps[:1].to(torch.float32).expand(inputs.shape[0])
+        with torch.inference_mode():
+            self.pipeline.denoise(inputs, timesteps, self.single_lane_embeddings)
+        synchronize(self.device)
+
+    def run(self, progress: ProgressCallback | None = None) -> EngineReport:
+        """Run every run of the plan in the plan's mode; Ctrl-C stops early and keeps what finished."""
+        advance = progress or (lambda _n: None)
+        start = time.perf_counter()
+        interrupted = False
+        try:
+            self.warm_up()
+            with torch.inference_mode():
+                if self.plan.mode == "batched":
+                    self._run_batched(advance)
+                else:
+                    for result in self.results:
+                        self._run_one(result, advance)
+        except KeyboardInterrupt:
+            interrupted = True
+        return EngineReport(self.results, self.plan.mode, time.perf_counter() - start, interrupted)
+
+    def _run_one(self, result: RunResult, advance: ProgressCallback) -> None:
+        """Sequential mode: the run alone, device synchronised around its clock."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            lane = self._new_lane(result)
+            while not lane.done:
+                scaled, timesteps = self._model_inputs(lane)
+                output = self.pipeline.denoise(scaled, timesteps, self.single_lane_embeddings)
+                tick = time.perf_counter()
+                self._advance(lane, output)
+                result.scheduler_seconds += time.perf_counter() - tick
+                advance(1)
+            result.latents = lane.latents
+            result.image = self.pipeline.decode(lane.latents)[0]
+            synchronize(self.device)
+            result.status = "ok"
+        except KeyboardInterrupt:
+            result.status, result.error = "not run", "interrupted"
+            raise
+        except Exception as err:
+            result.status, result.error = "failed", f"{type(err).__name__}: {err}"
+        result.seconds = time.perf_counter() - start
+
+    @staticmethod
+    def _fail(lane: _Lane, err: Exception) -> None:
+        lane.result.status, lane.result.error = "failed", f"{type(err).__name__}: {err}"
+
+    def _run_batched(self, advance: ProgressCallback) -> None:
+        """Continuous batching: each tick calls the model once for all active lanes, then steps each lane."""
+        waiting = list(self.results)
+        max_batch = self.plan.max_batch or len(waiting)
+        active: list[_Lane] = []
+        try:
+            while waiting or active:
+                while waiting and len(active) < max_batch:
+                    active.append(self._new_lane(waiting.pop(0)))
+                synchronize(self.device)
+                tick_start = time.perf_counter()
+                inputs = [self._model_inputs(lane) for lane in active]
+                latents = torch.cat([x for x, _ in inputs])  # [sum of lane batches, ...]
+                timesteps = torch.cat([t for _, t in inputs])  # [sum of lane batches]
+                try:
+                    outputs = self.pipeline.denoise(latents, timesteps, self._embeddings(len(active)))
+                except Exception as err:
+                    for lane in active:
+                        self._fail(lane, err)
+                    active = []
+                    continue
+                per_lane = outputs.split([x.shape[0] for x, _ in inputs])
+                for lane, output in zip(active, per_lane, strict=True):
+                    tick = time.perf_counter()
+                    try:
+                        self._advance(lane, output)
+                    except Exception as err:
+                        self._fail(lane, err)
+                    lane.result.scheduler_seconds += time.perf_counter() - tick
+                active = [lane for lane in active if lane.result.status != "failed"]
+                finished = [lane for lane in active if lane.done]
+                if finished:
+                    images = self.pipeline.decode(torch.cat([lane.latents for lane in finished]))
+                    for lane, image in zip(finished, images, strict=True):
+                        lane.result.latents, lane.result.image, lane.result.status = lane.latents, image, "ok"
+                synchronize(self.device)
+                share = (time.perf_counter() - tick_start) / len(active)
+                for lane in active:
+                    lane.result.seconds += share
+                advance(len(active))
+                active = [lane for lane in active if not lane.done]
+        except KeyboardInterrupt:
+            for lane in active:
+                lane.result.status, lane.result.error = "not run", "interrupted"
+            raise

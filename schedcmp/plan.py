@@ -1,0 +1,372 @@
+"""YAML plan files and command-line flags -> one validated, frozen Plan. All input validation lives here."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .core.configuration import init_keys
+from .core.errors import ConfigError, UnknownSchedulerError
+from .core.schedulers import SchedulerPreset, resolve_scheduler
+from .errors import PlanError
+
+PLAN_KEYS = (
+    "model",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "size",
+    "guidance",
+    "device",
+    "dtype",
+    "mode",
+    "max_batch",
+    "schedulers",
+    "steps",
+    "runs",
+)
+RUN_KEYS = ("scheduler", "steps", "label", "options")
+# Arguments of `step` that are not per-run options a user can set.
+_STEP_PLUMBING = {"self", "model_output", "timestep", "sample", "generator", "return_dict", "variance_noise"}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+MODES = ("sequential", "batched")
+MAX_SIZE = 4096
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the comparison: a scheduler preset, its options, a step count and a label."""
+
+    scheduler: str
+    preset: SchedulerPreset
+    steps: int
+    label: str
+    config_options: Mapping[str, Any] = field(default_factory=dict)
+    step_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def row_label(self) -> str:
+        """The label without the step count: the grid row this run belongs to."""
+        return self.label
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scheduler": self.scheduler,
+            "class": self.preset.cls.__name__,
+            "steps": self.steps,
+            "label": self.label,
+            "options": {**self.preset.options, **self.config_options, **self.step_options},
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one invocation compares: shared prompt, seed, size, guidance, model, and the runs."""
+
+    model: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    size: tuple[int, int] | None
+    guidance: float
+    device: str
+    dtype: str
+    mode: Literal["sequential", "batched"]
+    max_batch: int | None
+    runs: tuple[RunSpec, ...]
+    layout: Literal["matrix", "list"]
+    source: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+            "size": list(self.size) if self.size else None,
+            "guidance": self.guidance,
+            "device": self.device,
+            "dtype": self.dtype,
+            "mode": self.mode,
+            "max_batch": self.max_batch,
+            "layout": self.layout,
+            "source": str(self.source) if self.source else None,
+            "runs": [run.to_json() for run in self.runs],
+        }
+
+
+class _Located:
+    """A plan's raw values with the line each came from, for error messages."""
+
+    def __init__(self, path: Path | None, data: dict[str, Any], lines: dict[tuple, int]):
+        self.path, self.data, self.lines = path, data, lines
+
+    def error(self, message: str, *where: Any) -> PlanError:
+        line = None
+        for depth in range(len(where), -1, -1):
+            line = self.lines.get(tuple(where[:depth]))
+            if line is not None:
+                break
+        return PlanError(message, self.path, line if self.path else None)
+
+
+def _node_lines(node: yaml.Node, prefix: tuple, lines: dict[tuple, int]) -> None:
+    lines[prefix] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, key_node.value)
+            _node_lines(value_node, key, lines)
+            lines[key] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _node_lines(item, (*prefix, index), lines)
+
+
+def read_plan_file(path: Path) -> _Located:
+    """Parse a YAML plan, keeping the line of every key so later errors can name it."""
+    if not path.is_file():
+        raise PlanError(f"plan file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise PlanError("not a UTF-8 text file; expected a YAML plan", path) from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        problem = " ".join(filter(None, [err.context, err.problem]))
+        raise PlanError(f"invalid YAML: {problem}", path, mark.line + 1 if mark else None) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PlanError(f"a plan must be a YAML mapping of keys ({', '.join(PLAN_KEYS)})", path, 1)
+    lines: dict[tuple, int] = {}
+    if node is not None:
+        _node_lines(node, (), lines)
+    return _Located(path, data, lines)
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _check_keys(plan: _Located, mapping: Mapping, allowed: Sequence[str], what: str, *where: Any) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise plan.error(
+                f"unknown {what} key {key!r}; {_suggest(str(key), allowed)}allowed: {', '.join(allowed)}", *where, key
+            )
+
+
+def parse_int_list(value: Any, what: str) -> list[int]:
+    """'20,30' / 20 / [20, 30] -> [20, 30]; anything else is a ValueError naming ``what``."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+    result = []
+    for item in items:
+        text = item.strip() if isinstance(item, str) else item
+        whole = isinstance(text, int) or (isinstance(text, str) and re.fullmatch(r"-?\d+", text))
+        if isinstance(text, bool) or not whole:
+            raise ValueError(f"{what} must be whole numbers, got {item!r}")
+        result.append(int(text))
+    return result
+
+
+def parse_name_list(value: Any) -> list[str]:
+    """'ddim,euler' / ['ddim', 'DPM++ 2M Karras'] -> a list of names."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+    names = [str(item).strip() for item in items if str(item).strip()]
+    if not names:
+        raise ValueError("schedulers must name at least one scheduler")
+    return names
+
+
+def parse_size(value: Any) -> tuple[int, int]:
+    """'512x768' or 512 -> (width, height): multiples of 8 from 8 to 4096."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        width = height = value
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(value))
+        if not match:
+            raise ValueError(f"size must look like WIDTHxHEIGHT (e.g. 512x512), got {value!r}")
+        width, height = int(match[1]), int(match[2])
+    for side in (width, height):
+        if side < 8 or side > MAX_SIZE or side % 8:
+            raise ValueError(f"size sides must be multiples of 8 from 8 to {MAX_SIZE}, got {width}x{height}")
+    return width, height
+
+
+def _split_options(plan: _Located, preset: SchedulerPreset, options: Any, *where: Any) -> tuple[dict, dict]:
+    """Sort a run's options into scheduler-config keys and `step` arguments, rejecting unknown ones."""
+    if options is None:
+        return {}, {}
+    if not isinstance(options, Mapping):
+        raise plan.error(f"options must be a mapping of option: value, got {options!r}", *where)
+    config_keys = sorted(init_keys(preset.cls))
+    step_keys = sorted(set(inspect.signature(preset.cls.step).parameters) - _STEP_PLUMBING)
+    config_options, step_options = {}, {}
+    for key, value in options.items():
+        if key in config_keys:
+            config_options[key] = value
+        elif key in step_keys:
+            step_options[key] = value
+        else:
+            allowed = config_keys + step_keys
+            raise plan.error(
+                f"{preset.cls.__name__} has no option {key!r}; {_suggest(str(key), allowed)}"
+                f"options: {', '.join(allowed)}",
+                *where,
+                key,
+            )
+    try:
+        preset.build({}, **config_options)
+    except ConfigError as err:
+        raise plan.error(str(err), *where) from None
+    return config_options, step_options
+
+
+def _make_run(plan: _Located, name: Any, steps: Any, label: Any, options: Any, *where: Any) -> RunSpec:
+    if not isinstance(name, str) or not name.strip():
+        raise plan.error(f"scheduler must be a scheduler name, got {name!r}", *where)
+    try:
+        preset = resolve_scheduler(name)
+    except UnknownSchedulerError as err:
+        raise plan.error(str(err), *where) from None
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise plan.error(f"steps must be a whole number, got {steps!r}", *where)
+    if steps < 1:
+        raise plan.error(f"steps must be at least 1, got {steps}", *where)
+    config_options, step_options = _split_options(plan, preset, options, *where, "options")
+    if label is None:
+        label = name
+    return RunSpec(name, preset, steps, str(label), config_options, step_options)
+
+
+def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Plan:
+    """The plan from a YAML file (optional) with command-line ``overrides`` (None values mean 'not given')."""
+    plan = read_plan_file(path) if path is not None else _Located(None, {}, {})
+    _check_keys(plan, plan.data, PLAN_KEYS, "plan")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    raw = {**plan.data, **given}
+    flag = _Located(None, raw, {})  # errors in flag values carry no file position
+
+    def source(key: str) -> _Located:
+        return flag if key in given else plan
+
+    def value(key: str, default: Any) -> Any:
+        return raw.get(key, default) if raw.get(key) is not None else default
+
+    prompt = value("prompt", None)
+    if prompt is None:
+        raise PlanError("no prompt: pass --prompt TEXT or set prompt: in the plan file")
+    if not isinstance(prompt, str):
+        raise source("prompt").error(f"prompt must be text, got {prompt!r}", "prompt")
+    negative_prompt = value("negative_prompt", "")
+    if not isinstance(negative_prompt, str):
+        message = f"negative_prompt must be text, got {negative_prompt!r}"
+        raise source("negative_prompt").error(message, "negative_prompt")
+
+    seed = value("seed", 8)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise source("seed").error(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}", "seed")
+    guidance = value("guidance", 7.5)
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 100:
+        raise source("guidance").error(f"guidance must be a number from 0 to 100, got {guidance!r}", "guidance")
+
+    size = None
+    if value("size", None) is not None:
+        try:
+            size = parse_size(raw["size"])
+        except ValueError as err:
+            raise source("size").error(str(err), "size") from None
+
+    choices = {"device": DEVICES, "dtype": DTYPES, "mode": MODES}
+    picked = {}
+    for key, allowed in choices.items():
+        picked[key] = value(key, allowed[0])
+        if picked[key] not in allowed:
+            raise source(key).error(f"{key} must be one of {', '.join(allowed)}; got {picked[key]!r}", key)
+    max_batch = value("max_batch", None)
+    if max_batch == "auto":
+        max_batch = None
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        message = f"max_batch must be 'auto' or a whole number >= 1, got {max_batch!r}"
+        raise source("max_batch").error(message, "max_batch")
+
+    runs, layout = _runs(plan, raw, given)
+    return Plan(
+        model=str(value("model", "builtin:shapes")),
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        seed=int(seed),
+        size=size,
+        guidance=float(guidance),
+        device=picked["device"],
+        dtype=picked["dtype"],
+        mode=picked["mode"],
+        max_batch=max_batch,
+        runs=tuple(runs),
+        layout=layout,
+        source=path,
+    )
+
+
+def _runs(plan: _Located, raw: dict[str, Any], given: Mapping[str, Any]) -> tuple[list[RunSpec], str]:
+    """Runs from --schedulers x --steps (a matrix) or from the plan's ``runs:`` list."""
+    where_steps = plan if "steps" not in given else _Located(None, raw, {})
+    steps_list = None
+    if raw.get("steps") is not None:
+        try:
+            steps_list = parse_int_list(raw["steps"], "steps")
+        except ValueError as err:
+            raise where_steps.error(str(err), "steps") from None
+        for steps in steps_list:
+            if steps < 1:
+                raise where_steps.error(f"steps must be at least 1, got {steps}", "steps")
+
+    listed = raw.get("runs") if "schedulers" not in given else None
+    if listed is not None:
+        if not isinstance(listed, list) or not listed:
+            raise plan.error("runs must be a non-empty list of {scheduler, steps, label, options}", "runs")
+        runs = []
+        for index, entry in enumerate(listed):
+            if isinstance(entry, str):
+                entry = {"scheduler": entry}
+            if not isinstance(entry, dict):
+                raise plan.error(f"each run must be a mapping with a scheduler, got {entry!r}", "runs", index)
+            _check_keys(plan, entry, RUN_KEYS, "run", "runs", index)
+            counts = [entry["steps"]] if "steps" in entry and "steps" not in given else steps_list
+            if counts is None:
+                raise plan.error("this run has no steps: give steps: N in the run or top-level steps:", "runs", index)
+            for steps in counts:
+                label = entry.get("label") or entry.get("scheduler")
+                if len(counts) > 1:
+                    label = f"{label} {steps}"
+                runs.append(
+                    _make_run(plan, entry.get("scheduler"), steps, label, entry.get("options"), "runs", index)
+                )
+        return runs, "list"
+
+    names_value = raw.get("schedulers")
+    if names_value is None:
+        raise PlanError("no schedulers: pass --schedulers a,b,c or list runs: / schedulers: in the plan file")
+    where = plan if "schedulers" not in given else _Located(None, raw, {})
+    try:
+        names = parse_name_list(names_value)
+    except ValueError as err:
+        raise where.error(str(err), "schedulers") from None
+    runs = [
+        _make_run(where, name, steps, name, None, "schedulers")
+        for name in names
+        for steps in (steps_list or [20])
+    ]
+    return runs, "matrix"

@@ -1,0 +1,250 @@
+"""DEIS and UniPC behaviour the parity table does not reach: errors, add_noise, dtypes, img2img starts, corrector
+switches, diffusers' quirks and a sync-free loop on meta tensors."""
+
+from __future__ import annotations
+
+import diffusers
+import pytest
+import torch
+from scheduler_cases import BASE_CONFIGS
+
+from schedcmp.core import ConfigError, DEISMultistepScheduler, UniPCMultistepScheduler
+
+DEIS, UNIPC = "DEISMultistepScheduler", "UniPCMultistepScheduler"
+OURS = {DEIS: DEISMultistepScheduler, UNIPC: UniPCMultistepScheduler}
+BOTH = pytest.mark.parametrize("name", [DEIS, UNIPC])
+SD15 = {k: v for k, v in BASE_CONFIGS["sd15"].items() if not k.startswith("_")}
+
+
+def pair(name: str, **options: object) -> tuple[object, object]:
+    """(ours, diffusers') scheduler of class ``name`` for the sd15 config plus ``options``."""
+    config = {**SD15, **options}
+    return OURS[name].from_config(config), getattr(diffusers, name).from_config(config)
+
+
+def sample_loop(
+    scheduler, steps: int, *, begin: int = 0, dtype: torch.dtype = torch.float32, out_dtype: torch.dtype | None = None
+) -> list[torch.Tensor]:
+    """A short loop with seeded inputs (model outputs in ``out_dtype``); returns every prev_sample."""
+    scheduler.set_timesteps(steps)
+    if begin:
+        scheduler.set_begin_index(begin)
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    out = []
+    for i, t in enumerate(scheduler.timesteps[begin:]):
+        noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(100 + i))
+        model_output = (0.3 * sample.float() + noise).to(out_dtype or dtype)
+        sample = scheduler.step(model_output, t, scheduler.scale_model_input(sample, t)).prev_sample
+        out.append(sample)
+    return out
+
+
+def assert_same(ours: list[torch.Tensor], theirs: list[torch.Tensor], rtol: float = 1e-5) -> None:
+    """Same dtypes, and values equal within ``rtol`` of the reference's largest magnitude at every step."""
+    assert len(ours) == len(theirs)
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        assert a.dtype == b.dtype, f"step {i}: dtype {a.dtype} != {b.dtype}"
+        error = (a.double() - b.double()).abs().max().item()
+        assert error <= rtol * b.double().abs().max().item(), f"step {i}: max abs error {error:.3g}"
+
+
+@BOTH
+def test_step_count_errors(name: str) -> None:
+    scheduler = OURS[name]()
+    with pytest.raises(ConfigError) as zero:
+        scheduler.set_timesteps(0)
+    assert str(zero.value) == f"{name}: num_inference_steps must be between 1 and 1000 (num_train_timesteps), got 0"
+    with pytest.raises(ConfigError) as many:
+        scheduler.set_timesteps(1001)
+    assert str(many.value) == f"{name}: num_inference_steps must be between 1 and 1000 (num_train_timesteps), got 1001"
+    with pytest.raises(ConfigError, match="flow-matching"):
+        scheduler.set_timesteps(10, mu=0.5)
+    with pytest.raises(ConfigError, match="call set_timesteps before step"):
+        OURS[name]().step(torch.zeros(1, 4, 8, 8), 999, torch.zeros(1, 4, 8, 8))
+
+
+def test_unipc_custom_sigmas_are_refused_like_diffusers() -> None:
+    # diffusers only takes sigmas= with use_flow_sigmas=True, which needs a flow-matching model.
+    with pytest.raises(ValueError, match="use_flow_sigmas"):
+        diffusers.UniPCMultistepScheduler().set_timesteps(sigmas=[14.0, 5.0, 1.0, 0.1])
+    with pytest.raises(ConfigError, match="custom sigmas"):
+        UniPCMultistepScheduler().set_timesteps(sigmas=[14.0, 5.0, 1.0, 0.1])
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "match"),
+    [
+        (DEIS, {"use_karras_sigmas": True, "use_beta_sigmas": True}, "use_karras_sigmas, use_beta_sigmas"),
+        (UNIPC, {"use_exponential_sigmas": True, "use_beta_sigmas": True}, "only one of"),
+        (DEIS, {"solver_order": 0}, "solver_order must be a whole number >= 1"),
+        (UNIPC, {"solver_type": "rk4"}, "solver_type must be one of 'bh1', 'bh2'"),
+        (DEIS, {"algorithm_type": "sde-dpmsolver++"}, "algorithm_type must be one of 'deis'"),
+        (UNIPC, {"final_sigmas_type": "one"}, "final_sigmas_type must be one of 'zero', 'sigma_min'"),
+        (UNIPC, {"predict_x0": False, "prediction_type": "flow_prediction"}, "needs predict_x0=True"),
+        (DEIS, {"use_flow_sigmas": True}, "use_flow_sigmas=True is only used by flow-matching models"),
+        (UNIPC, {"flow_shift": 3.0}, "flow-matching"),
+        (UNIPC, {"use_dynamic_shifting": True}, "flow-matching"),
+        (UNIPC, {"shift_terminal": 0.1}, "flow-matching"),
+    ],
+)
+def test_bad_options_raise_config_error_at_init(name: str, options: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        OURS[name](**options)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "key", "stored"),
+    [
+        (DEIS, {"algorithm_type": "dpmsolver++"}, "algorithm_type", "deis"),
+        (DEIS, {"solver_type": "midpoint"}, "solver_type", "logrho"),
+        (UNIPC, {"solver_type": "logrho"}, "solver_type", "bh2"),
+    ],
+)
+def test_other_solvers_names_are_replaced_like_diffusers(name: str, options: dict, key: str, stored: str) -> None:
+    ours, theirs = pair(name, **options)
+    assert ours.config[key] == theirs.config[key] == stored
+    assert_same(sample_loop(ours, 6), sample_loop(theirs, 6))
+
+
+@BOTH
+def test_add_noise_matches_diffusers(name: str) -> None:
+    ours, theirs = pair(name, use_karras_sigmas=True)
+    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([999, 500, 3])  # before set_timesteps: diffusers' training-schedule pairing, matched
+    torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
+    for s in (ours, theirs):
+        s.set_timesteps(12)
+    t = theirs.timesteps[[0, 5, 11]]
+    torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
+    for s in (ours, theirs):  # img2img: the schedule position comes from begin_index
+        s.set_begin_index(4)
+    torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
+
+
+@pytest.mark.parametrize(("name", "options"), [(DEIS, {"solver_order": 3}), (UNIPC, {"solver_order": 3})])
+def test_img2img_start_matches_diffusers(name: str, options: dict) -> None:
+    ours, theirs = pair(name, **options)
+    assert_same(sample_loop(ours, 12, begin=5), sample_loop(theirs, 12, begin=5))
+
+
+@BOTH
+def test_return_dict_false_and_no_x0(name: str) -> None:
+    scheduler = OURS[name]()
+    scheduler.set_timesteps(5)
+    sample = torch.randn(1, 4, 8, 8)
+    result = scheduler.step(torch.randn(1, 4, 8, 8), scheduler.timesteps[0], sample, return_dict=False)
+    assert isinstance(result, tuple) and len(result) == 1 and result[0].shape == sample.shape
+    output = scheduler.step(torch.randn(1, 4, 8, 8), scheduler.timesteps[1], result[0])
+    assert output.pred_original_sample is None  # diffusers returns none for these solvers
+
+
+@pytest.mark.parametrize("options", [{}, {"solver_order": 3, "thresholding": True}])
+def test_is_stochastic(options: dict) -> None:
+    assert DEISMultistepScheduler(**options).is_stochastic is False
+    assert UniPCMultistepScheduler(**options).is_stochastic is False
+
+
+@BOTH
+@pytest.mark.parametrize(
+    ("dtype", "out_dtype"), [(torch.float16, torch.float16), (torch.float32, torch.float16), (torch.float16, None)]
+)
+def test_half_precision_dtype_matches_diffusers(name: str, dtype: torch.dtype, out_dtype: torch.dtype | None) -> None:
+    # we compute in float32 where diffusers computes in float16, so values agree to float16 precision only
+    ours, theirs = pair(name)
+    out_dtype = out_dtype or torch.float32
+    got = sample_loop(ours, 6, dtype=dtype, out_dtype=out_dtype)
+    want = sample_loop(theirs, 6, dtype=dtype, out_dtype=out_dtype)
+    assert_same(got, want, rtol=1e-2)
+
+
+@pytest.mark.parametrize("disabled", [[1, 2], [0, 1, 2, 3, 4, 5, 6, 7]])
+def test_unipc_disable_corrector_matches_diffusers(disabled: list[int]) -> None:
+    ours, theirs = pair(UNIPC, disable_corrector=disabled, solver_order=3)
+    assert_same(sample_loop(ours, 8), sample_loop(theirs, 8))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"solver_order": 3, "predict_x0": False, "final_sigmas_type": "sigma_min"},
+        {"solver_order": 3, "prediction_type": "sample", "thresholding": True},
+        {"solver_order": 4, "lower_order_final": False, "final_sigmas_type": "sigma_min"},
+        {"use_exponential_sigmas": True, "solver_order": 3},
+        {"use_beta_sigmas": True, "solver_type": "bh1", "final_sigmas_type": "sigma_min"},
+        {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "use_karras_sigmas": True},
+    ],
+)
+def test_unipc_option_mixes_match_diffusers(options: dict) -> None:
+    ours, theirs = pair(UNIPC, **options)
+    assert_same(sample_loop(ours, 9), sample_loop(theirs, 9))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"solver_order": 3, "prediction_type": "v_prediction", "thresholding": True},
+        {"solver_order": 3, "use_exponential_sigmas": True},
+        {"solver_order": 4, "use_beta_sigmas": True},
+        {"prediction_type": "flow_prediction"},
+    ],
+)
+def test_deis_option_mixes_match_diffusers(options: dict) -> None:
+    ours, theirs = pair(DEIS, **options)
+    assert_same(sample_loop(ours, 9), sample_loop(theirs, 9))
+
+
+def test_deis_reads_sigma_bounds_left_in_a_swapped_config_like_diffusers() -> None:
+    # diffusers' DEIS reads config.sigma_min / sigma_max if present, e.g. kept from a UniPC config.
+    source = UniPCMultistepScheduler.from_config(SD15, sigma_min=0.1, sigma_max=10.0, use_karras_sigmas=True).config
+    ours = DEISMultistepScheduler.from_config(source)
+    theirs = diffusers.DEISMultistepScheduler.from_config(
+        diffusers.UniPCMultistepScheduler.from_config(dict(source)).config
+    )
+    assert_same(sample_loop(ours, 7), sample_loop(theirs, 7))
+    assert torch.equal(ours.timesteps, theirs.timesteps) and float(ours.sigmas[0]) == pytest.approx(10.0)
+
+
+def test_unipc_singular_order3_system_fails_at_diffusers_step() -> None:
+    # 1000 linspace steps repeat a timestep; diffusers' order-3 solve then fails with a singular matrix.
+    failed_at = {}
+    for lib, scheduler in zip(("ours", "theirs"), pair(UNIPC, solver_order=3), strict=True):
+        scheduler.set_timesteps(1000)
+        sample = torch.zeros(1, 1, 2, 2)
+        with pytest.raises((ConfigError, RuntimeError)) as error:
+            for i, t in enumerate(scheduler.timesteps):
+                failed_at[lib] = i
+                sample = scheduler.step(torch.full_like(sample, 0.01 * i), t, sample).prev_sample
+        if lib == "ours":
+            assert "singular" in str(error.value)
+    assert failed_at["ours"] == failed_at["theirs"]
+
+
+def test_unipc_nan_final_sample_with_bh1_is_diffusers_behaviour() -> None:
+    # diffusers quirk we match: bh1 with a zero final sigma multiplies -inf by 0 in the last step.
+    ours, theirs = pair(UNIPC, solver_type="bh1")
+    got, want = sample_loop(ours, 5), sample_loop(theirs, 5)
+    assert torch.isnan(got[-1]).all() and torch.isnan(want[-1]).all()
+    assert_same(got[:-1], want[:-1])
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        (DEIS, {"solver_order": 3, "thresholding": True, "prediction_type": "v_prediction"}),
+        (DEIS, {"use_karras_sigmas": True}),
+        (UNIPC, {"solver_order": 3, "thresholding": True, "disable_corrector": [2]}),
+        (UNIPC, {"predict_x0": False, "prediction_type": "sample", "use_beta_sigmas": True}),
+    ],
+)
+@pytest.mark.parametrize("steps", [1, 5, 16])
+def test_loop_runs_on_meta_tensors(name: str, options: dict, steps: int) -> None:
+    """Meta tensors carry no data: any .item(), nonzero() or data-dependent branch in a step would raise."""
+    scheduler = OURS[name].from_config({**SD15, **options})
+    scheduler.set_timesteps(steps, device="meta")
+    assert scheduler.timesteps.device.type == "meta" and scheduler.timesteps.dtype == torch.int64
+    sample = torch.empty((1, 4, 8, 8), device="meta")
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(sample, t)
+        sample = scheduler.step(torch.empty_like(model_input), t, sample).prev_sample
+    assert sample.device.type == "meta" and sample.shape == (1, 4, 8, 8)

@@ -1,0 +1,138 @@
+"""Plans from YAML files and flags: what they build, and the exact message for every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schedcmp.errors import PlanError
+from schedcmp.plan import build_plan, parse_size
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_runs_list_keeps_order_labels_and_options(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "prompt: a red circle\n"
+        "runs:\n"
+        "  - {scheduler: ddim, steps: 50, label: DDIM}\n"
+        "  - {scheduler: DPM++ 2M Karras, steps: 20}\n"
+        "  - {scheduler: euler, steps: 30, options: {use_karras_sigmas: true, s_churn: 0.5}}\n",
+    )
+    plan = build_plan(path)
+    assert plan.layout == "list"
+    assert [(r.label, r.preset.cls.__name__, r.steps) for r in plan.runs] == [
+        ("DDIM", "DDIMScheduler", 50),
+        ("DPM++ 2M Karras", "DPMSolverMultistepScheduler", 20),
+        ("euler", "EulerDiscreteScheduler", 30),
+    ]
+    assert dict(plan.runs[2].config_options) == {"use_karras_sigmas": True}
+    assert dict(plan.runs[2].step_options) == {"s_churn": 0.5}
+
+
+def test_flags_make_a_cross_product_of_schedulers_and_steps() -> None:
+    plan = build_plan(None, {"prompt": "x", "schedulers": "ddim,euler", "steps": "20,30"})
+    assert plan.layout == "matrix"
+    assert [(r.scheduler, r.steps) for r in plan.runs] == [("ddim", 20), ("ddim", 30), ("euler", 20), ("euler", 30)]
+
+
+def test_defaults() -> None:
+    plan = build_plan(None, {"prompt": "x", "schedulers": "ddim"})
+    assert (plan.model, plan.seed, plan.guidance, plan.mode, plan.size) == ("builtin:shapes", 8, 7.5, "sequential", None)
+    assert [r.steps for r in plan.runs] == [20]
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "prompt: from file\nseed: 1\nschedulers: [ddim]\nsteps: [10]\n")
+    plan = build_plan(path, {"prompt": "from flag", "seed": 5, "steps": "7"})
+    assert (plan.prompt, plan.seed, [r.steps for r in plan.runs]) == ("from flag", 5, [7])
+
+
+def test_steps_flag_applies_to_every_listed_run(tmp_path: Path) -> None:
+    path = write(tmp_path, "prompt: x\nruns:\n  - {scheduler: ddim, steps: 50, label: D}\n  - {scheduler: euler}\n")
+    plan = build_plan(path, {"steps": "5,10"})
+    assert [(r.label, r.steps) for r in plan.runs] == [("D 5", 5), ("D 10", 10), ("euler 5", 5), ("euler 10", 10)]
+
+
+def test_schedulers_flag_replaces_the_files_runs(tmp_path: Path) -> None:
+    path = write(tmp_path, "prompt: x\nruns:\n  - {scheduler: ddim, steps: 50}\n")
+    plan = build_plan(path, {"schedulers": "heun"})
+    assert [(r.scheduler, r.steps) for r in plan.runs] == [("heun", 20)]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("prompt: x\n  bad: [\n", "{path}:2: invalid YAML: mapping values are not allowed here"),
+        ("- just\n- a list\n", "{path}:1: a plan must be a YAML mapping of keys (model, prompt, negative_prompt, seed, "
+         "size, guidance, device, dtype, mode, max_batch, schedulers, steps, runs)"),
+        ("prompt: x\nsed: 3\nschedulers: [ddim]\n", "{path}:2: unknown plan key 'sed'; did you mean 'seed'? allowed: "
+         "model, prompt, negative_prompt, seed, size, guidance, device, dtype, mode, max_batch, schedulers, steps, runs"),
+        ("prompt: x\nruns:\n  - {scheduler: eulr, steps: 5}\n",
+         "{path}:3: unknown scheduler 'eulr'; did you mean 'euler', 'euler_a', 'edm_euler'?"),
+        ("prompt: x\nruns:\n  - {scheduler: ddim, steps: 0}\n", "{path}:3: steps must be at least 1, got 0"),
+        ("prompt: x\nruns:\n  - {scheduler: ddim, steps: many}\n", "{path}:3: steps must be a whole number, got 'many'"),
+        ("prompt: x\nruns:\n  - {scheduler: ddim}\n",
+         "{path}:3: this run has no steps: give steps: N in the run or top-level steps:"),
+        ("prompt: x\nruns:\n  - {scheduler: ddim, step: 5}\n",
+         "{path}:3: unknown run key 'step'; did you mean 'steps'? allowed: scheduler, steps, label, options"),
+        ("prompt: x\nsize: 30x30\nschedulers: [ddim]\n",
+         "{path}:2: size sides must be multiples of 8 from 8 to 4096, got 30x30"),
+        ("prompt: x\nseed: -1\nschedulers: [ddim]\n", "{path}:2: seed must be a whole number from 0 to 9223372036854775807, got -1"),
+        ("prompt: x\nguidance: lots\nschedulers: [ddim]\n", "{path}:2: guidance must be a number from 0 to 100, got 'lots'"),
+        ("prompt: x\nmode: parallel\nschedulers: [ddim]\n",
+         "{path}:2: mode must be one of sequential, batched; got 'parallel'"),
+        ("prompt: x\nschedulers: [ddim]\nsteps: [10, ten]\n", "{path}:3: steps must be whole numbers, got 'ten'"),
+        ("schedulers: [ddim]\n", "no prompt: pass --prompt TEXT or set prompt: in the plan file"),
+        ("prompt: x\n", "no schedulers: pass --schedulers a,b,c or list runs: / schedulers: in the plan file"),
+    ],
+    ids=["yaml-syntax", "not-a-mapping", "unknown-key", "unknown-scheduler", "zero-steps", "word-steps", "no-steps",
+         "unknown-run-key", "bad-size", "negative-seed", "bad-guidance", "bad-mode", "bad-steps-list", "no-prompt",
+         "no-schedulers"],
+)
+def test_bad_plan_file_messages(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(PlanError) as error:
+        build_plan(path)
+    assert str(error.value) == message.format(path=path)
+
+
+def test_unknown_option_names_the_class_and_the_closest_option(tmp_path: Path) -> None:
+    path = write(tmp_path, "prompt: x\nruns:\n  - scheduler: euler\n    steps: 5\n    options:\n      karras_sigmas: true\n")
+    with pytest.raises(PlanError) as error:
+        build_plan(path)
+    assert str(error.value).startswith(
+        f"{path}:6: EulerDiscreteScheduler has no option 'karras_sigmas'; did you mean 'use_karras_sigmas'? options: "
+    )
+
+
+def test_impossible_option_combination_is_reported_with_its_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "prompt: x\nruns:\n  - scheduler: euler\n    steps: 5\n    options: {use_karras_sigmas: true, use_beta_sigmas: true}\n",
+    )
+    with pytest.raises(PlanError, match=rf"^{path}:5: "):
+        build_plan(path)
+
+
+def test_flag_errors_carry_no_file_position(tmp_path: Path) -> None:
+    path = write(tmp_path, "prompt: x\nschedulers: [ddim]\n")
+    with pytest.raises(PlanError) as error:
+        build_plan(path, {"schedulers": "nope_nope"})
+    assert str(error.value) == "unknown scheduler 'nope_nope'; see `schedcmp list-compatible`"
+
+
+def test_missing_plan_file() -> None:
+    with pytest.raises(PlanError, match=r"^plan file missing\.yaml does not exist$"):
+        build_plan(Path("missing.yaml"))
+
+
+@pytest.mark.parametrize(("text", "size"), [("512x768", (512, 768)), ("64X64", (64, 64)), (64, (64, 64))])
+def test_size_forms(text, size) -> None:
+    assert parse_size(text) == size
