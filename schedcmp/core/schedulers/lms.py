@@ -43,12 +43,14 @@ def lms_coefficients(sigmas: np.ndarray, order: int) -> list[list[float]]:
     x, w = np.polynomial.legendre.leggauss(order)
     tau = (a + b) / 2 + np.outer(x, (b - a) / 2)  # [Q, T]
     weights = []
-    for k in range(order):
-        basis = np.ones_like(tau)
-        for j in range(order):
-            if j != k:
-                basis *= (tau - nodes[j]) / (nodes[k] - nodes[j])
-        weights.append((b - a) / 2 * (w @ basis))  # [T]
+    # Repeated sigmas (a schedule clamped past the last training step) give non-finite weights, as in diffusers.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in range(order):
+            basis = np.ones_like(tau)
+            for j in range(order):
+                if j != k:
+                    basis *= (tau - nodes[j]) / (nodes[k] - nodes[j])
+            weights.append((b - a) / 2 * (w @ basis))  # [T]
     for column, step in enumerate(t.tolist()):
         table[step] = [float(weights[k][column]) for k in range(order)]
     return table
