@@ -157,6 +157,11 @@ def run(
         typer.echo(files.results.read_text(encoding="utf-8"), nl=False)
     else:
         out_console.print(timing_table(report))
+        calls = sum(r.model_calls for r in report.results)
+        out_console.print(
+            f"{len(report.results)} runs, {calls} model calls, {report.wall_seconds:.2f} s wall ({report.mode})",
+            highlight=False,
+        )
         out_console.print(f"wrote {files.grid}, {files.timings}, {files.results} and {len(files.images)} images",
                           highlight=False)
     if report.interrupted:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from PIL import Image
 
 from .core.errors import ConfigError
 from .core.pipeline import DenoisingPipeline
-from .core.schedulers import SchedulerMixin
+from .core.schedulers import EDMEulerScheduler, SchedulerMixin
 from .core.schedulers.base import randn_tensor
 from .errors import PlanError
 from .plan import Plan, RunSpec
@@ -102,6 +103,14 @@ class Engine:
             scheduler.set_timesteps(spec.steps, device=self.device)
         except ConfigError as err:
             raise PlanError(f"run {index + 1} ({spec.label}, {spec.steps} steps): {err}") from None
+        if isinstance(scheduler, EDMEulerScheduler):
+            warnings.warn(
+                f"run {index + 1} ({spec.label}): EDMEulerScheduler feeds the model EDM-preconditioned inputs and "
+                f"noise levels (Karras et al. 2022); {self.pipeline.name} was trained as a DDPM model, so expect "
+                "noise rather than an image",
+                UserWarning,
+                stacklevel=2,
+            )
         return RunResult(index, spec, scheduler)
 
     @property
@@ -137,13 +146,18 @@ class Engine:
         """The lane's scaled model input [2 or 1, ...] and its timestep vector."""
         t = lane.timesteps[lane.position]
         latents = torch.cat([lane.latents] * 2) if self.guided else lane.latents
+        start = time.perf_counter()
         scaled = lane.result.scheduler.scale_model_input(latents, t)
+        lane.result.scheduler_seconds += time.perf_counter() - start
         return scaled, t.to(torch.float32).expand(scaled.shape[0])
 
     def _advance(self, lane: _Lane, output: torch.Tensor) -> None:
-        """Guide the lane's model output and take its scheduler step."""
+        """Guide the lane's model output and take its scheduler step (only the step counts as scheduler time)."""
         t = lane.timesteps[lane.position]
-        step = lane.result.scheduler.step(self._guide(output), t, lane.latents, **lane.step_kwargs)
+        guided = self._guide(output)
+        start = time.perf_counter()
+        step = lane.result.scheduler.step(guided, t, lane.latents, **lane.step_kwargs)
+        lane.result.scheduler_seconds += time.perf_counter() - start
         lane.latents = step.prev_sample
         lane.position += 1
         lane.result.model_calls += 1
@@ -184,9 +198,7 @@ class Engine:
             while not lane.done:
                 scaled, timesteps = self._model_inputs(lane)
                 output = self.pipeline.denoise(scaled, timesteps, self.single_lane_embeddings)
-                tick = time.perf_counter()
                 self._advance(lane, output)
-                result.scheduler_seconds += time.perf_counter() - tick
                 advance(1)
             result.latents = lane.latents
             result.image = self.pipeline.decode(lane.latents)[0]
@@ -219,20 +231,20 @@ class Engine:
                 timesteps = torch.cat([t for _, t in inputs])  # [sum of lane batches]
                 try:
                     outputs = self.pipeline.denoise(latents, timesteps, self._embeddings(len(active)))
-                except Exception as err:
+                except Exception as err:  # a failed call fails the lanes in it, not the plan
                     for lane in active:
                         self._fail(lane, err)
                     active = []
                     continue
                 per_lane = outputs.split([x.shape[0] for x, _ in inputs])
                 for lane, output in zip(active, per_lane, strict=True):
-                    tick = time.perf_counter()
                     try:
                         self._advance(lane, output)
-                    except Exception as err:
+                    except Exception as err:  # one failing lane must not lose the others
                         self._fail(lane, err)
-                    lane.result.scheduler_seconds += time.perf_counter() - tick
                 active = [lane for lane in active if lane.result.status != "failed"]
+                if not active:
+                    continue
                 finished = [lane for lane in active if lane.done]
                 if finished:
                     images = self.pipeline.decode(torch.cat([lane.latents for lane in finished]))

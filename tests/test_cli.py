@@ -226,3 +226,30 @@ def test_show_config_as_shows_the_swap_and_what_changed() -> None:
     assert json.loads(result.stdout)["use_karras_sigmas"] is True
     assert "PNDMScheduler -> DPMSolverMultistepScheduler" in result.stderr
     assert "use_karras_sigmas: '—' -> True" in result.stderr
+
+
+def test_a_failing_lane_does_not_stop_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from schedcmp.core import EulerDiscreteScheduler
+
+    def broken_step(self, *args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(EulerDiscreteScheduler, "step", broken_step)
+    result = run_quick(tmp_path / "out", "--batched", schedulers="ddim,euler,dpm")
+    assert result.exit_code == 1
+    record = json.loads((tmp_path / "out/results.json").read_text())
+    assert [r["status"] for r in record["runs"]] == ["ok", "failed", "ok"]
+
+
+def test_edm_euler_warns_that_the_model_was_not_trained_for_it(tmp_path: Path) -> None:
+    result = run_quick(tmp_path / "out", schedulers="edm_euler", steps="4")
+    assert result.exit_code == 0
+    assert (
+        "warning: run 1 (edm_euler): EDMEulerScheduler feeds the model EDM-preconditioned inputs and noise levels "
+        "(Karras et al. 2022); builtin:shapes was trained as a DDPM model, so expect noise rather than an image"
+    ) in result.stderr
+
+
+def test_summary_line_counts_runs_calls_and_wall_time(tmp_path: Path) -> None:
+    result = run_quick(tmp_path / "out", schedulers="ddim,heun", steps="4")
+    assert "2 runs, 11 model calls, " in result.stdout and "s wall (sequential)" in result.stdout
