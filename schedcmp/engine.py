@@ -5,7 +5,8 @@ from __future__ import annotations
 import inspect
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+@contextmanager
+def cpu_threads(count: int | None, device: torch.device) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads (when on the CPU and a count is given), then restore."""
+    if count is None or device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _takes_generator(scheduler: SchedulerMixin) -> bool:
@@ -178,16 +193,21 @@ class Engine:
         start = time.perf_counter()
         interrupted = False
         try:
-            self.warm_up()
-            with torch.inference_mode():
-                if self.plan.mode == "batched":
-                    self._run_batched(advance)
-                else:
-                    for result in self.results:
-                        self._run_one(result, advance)
+            with cpu_threads(self.pipeline.cpu_threads, self.device):
+                self._run_all(advance)
         except KeyboardInterrupt:
             interrupted = True
         return EngineReport(self.results, self.plan.mode, time.perf_counter() - start, interrupted)
+
+    def _run_all(self, advance: ProgressCallback) -> None:
+        """Warm up, then every run in the plan's mode."""
+        self.warm_up()
+        with torch.inference_mode():
+            if self.plan.mode == "batched":
+                self._run_batched(advance)
+            else:
+                for result in self.results:
+                    self._run_one(result, advance)
 
     def _run_one(self, result: RunResult, advance: ProgressCallback) -> None:
         """Sequential mode: the run alone, device synchronised around its clock."""

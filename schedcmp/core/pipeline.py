@@ -39,6 +39,8 @@ class DenoisingPipeline(ABC):
     device: torch.device
     dtype: torch.dtype
     default_size: tuple[int, int]
+    # CPU threads the engine runs this model with (None: torch's default).
+    cpu_threads: int | None = None
 
     @abstractmethod
     def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +71,10 @@ class DenoisingPipeline(ABC):
 
 class ShapesPipeline(DenoisingPipeline):
     """``builtin:shapes``: the exactly solvable model over a drawn data set of captioned shapes (no weights)."""
+
+    # Its calls are two small matmuls (~0.4 ms): extra OpenMP threads only add barriers, and on a busy machine
+    # they stall (measured 70 ms a call with 2 threads against 0.4 ms with 1 while another process ran).
+    cpu_threads = 1
 
     def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, size: int = 64):
         if dtype != torch.float32:
