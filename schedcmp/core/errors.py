@@ -19,3 +19,7 @@ class UnknownSchedulerError(SchedcmpError, KeyError):
 
 class ConfigWarning(UserWarning):
     """A configuration key that was ignored or adjusted."""
+
+
+class WeightsError(SchedcmpError):
+    """Model weights that are missing, corrupt, of the wrong shape, or refused (pickles without opt-in)."""
