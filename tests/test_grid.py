@@ -74,3 +74,24 @@ def test_long_header_wraps_instead_of_widening_the_grid() -> None:
     narrow = draw_grid(matrix_cells()[:1], header, "matrix")
     assert narrow.width < 700
     assert narrow.height > draw_grid(matrix_cells()[:1], ["short"], "matrix").height
+
+
+def _ink(region: np.ndarray) -> int:
+    """Dark text pixels in a region."""
+    return int((region.max(axis=-1) < 100).sum())
+
+
+def test_header_row_labels_column_labels_and_captions_are_drawn() -> None:
+    grid = np.asarray(draw_grid(matrix_cells(), ["a red circle", "seed 8"], "matrix"))
+    red = np.nonzero((grid == COLORS[0]).all(axis=-1))
+    top, left = red[0].min(), red[1].min()
+    assert _ink(grid[:top - 30, :]) > 50, "no header text"
+    assert _ink(grid[top - 30:top, left:left + MIN_CELL]) > 20, "no column label"
+    assert _ink(grid[top:top + MIN_CELL, :left]) > 20, "no row label"
+    assert _ink(grid[top + MIN_CELL:top + MIN_CELL + 40, left:left + MIN_CELL]) > 20, "no caption"
+
+
+def test_row_labels_are_empty_without_text() -> None:
+    """The ink measure finds nothing where nothing was drawn (the check above can fail)."""
+    grid = np.asarray(draw_grid(matrix_cells(), [""], "matrix"))
+    assert _ink(grid[:PAD, :]) == 0
