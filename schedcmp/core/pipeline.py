@@ -6,6 +6,8 @@ import platform
 from abc import ABC, abstractmethod
 from typing import Any
 
+import numpy as np
+import PIL
 import torch
 from PIL import Image
 
@@ -64,8 +66,14 @@ class DenoisingPipeline(ABC):
             "model": self.name,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
+            "cpu_threads": torch.get_num_threads() if self.cpu_threads is None else self.cpu_threads,
+            "versions": {
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "pillow": PIL.__version__,
+                "python": platform.python_version(),
+            },
+            "platform": platform.platform(),
         }
 
 
