@@ -1,0 +1,263 @@
+"""The CLIP text encoder (Radford et al. 2021) that conditions Stable Diffusion, built from its ``config.json``.
+
+The module tree is transformers' ``CLIPTextModel`` (``text_model.embeddings.token_embedding``, ...,
+``text_model.encoder.layers.{i}.self_attn.q_proj``, ..., ``text_model.final_layer_norm``), so the state-dict keys
+of a Hub checkpoint load with ``load_state_dict(strict=True)``. :func:`convert_state_dict` accepts the two other
+layouts found in the wild: transformers >= 5 saves without the ``text_model.`` prefix, and transformers < 4.31
+saved a ``position_ids`` buffer that carries no weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, ConfigWarning
+
+HiddenAct = Literal["quick_gelu", "gelu"]
+HIDDEN_ACTS: tuple[str, ...] = ("quick_gelu", "gelu")  # SD 1.x (OpenAI CLIP) and SD 2.x (OpenCLIP)
+
+# Keys that must keep a neutral value: training-only, or features this encoder does not implement.
+_NEUTRAL: dict[str, tuple[Any, str]] = {
+    "dropout": (0.0, "dropout only acts in training"),
+    "attention_dropout": (0.0, "dropout only acts in training"),
+    "use_attention_mask": (False, "padding is handled by the causal mask, as in Stable Diffusion"),
+    "model_type": ("clip_text_model", "this is CLIP's text encoder"),
+}
+# Keys read by other parts (tokenizer ids, projection head, weight init) or by nobody: ignored silently.
+_INFORMATIONAL = frozenset(
+    {
+        "_class_name",
+        "_commit_hash",
+        "_diffusers_version",
+        "_name_or_path",
+        "architectures",
+        "bos_token_id",
+        "dtype",
+        "eos_token_id",
+        "initializer_factor",
+        "initializer_range",
+        "output_attentions",
+        "output_hidden_states",
+        "pad_token_id",
+        "projection_dim",
+        "return_dict",
+        "torch_dtype",
+        "transformers_version",
+    }
+)
+_PREFIX = "text_model."
+_UNPREFIXED_ROOTS = ("embeddings.", "encoder.", "final_layer_norm.")
+_LEGACY_POSITION_IDS = "text_model.embeddings.position_ids"
+
+
+@dataclass(frozen=True)
+class CLIPTextConfig:
+    """The shape of a CLIP text transformer: transformers' ``CLIPTextConfig`` keys that change the forward pass."""
+
+    vocab_size: int = 49408
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    hidden_act: HiddenAct = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{field.name}={value!r} is not supported; expected a positive integer")
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise ConfigError(
+                f"hidden_act={self.hidden_act!r} is not supported; only 'quick_gelu' (SD 1.x) and 'gelu' (SD 2.x)"
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size={self.hidden_size} is not supported with num_attention_heads="
+                f"{self.num_attention_heads}; the hidden size must split evenly into heads"
+            )
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any], source: str = "text encoder config") -> CLIPTextConfig:
+        """Keep the keys this encoder uses; refuse non-neutral unsupported ones; warn about unknown ones."""
+        for key, (neutral, reason) in _NEUTRAL.items():
+            if key in config and config[key] != neutral:
+                raise ConfigError(f"{source}: {key}={config[key]!r} is not supported; only {neutral!r} ({reason})")
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - names - set(_NEUTRAL) - _INFORMATIONAL)
+        if unknown:
+            warnings.warn(f"{source}: ignoring unknown keys {unknown}", ConfigWarning, stacklevel=2)
+        try:
+            return cls(**{key: value for key, value in config.items() if key in names})
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> CLIPTextConfig:
+        """Read a text encoder's ``config.json``."""
+        path = Path(path)
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path} is missing: a CLIP text encoder needs its config.json") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} is not valid JSON ({err})") from None
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path} must hold a JSON object, found {type(config).__name__}")
+        return cls.from_dict(config, source=str(path))
+
+
+def convert_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CLIP text checkpoint in this module's key layout (prefix ``text_model.``, no ``position_ids``)."""
+    converted = {}
+    for key, tensor in state.items():
+        if key.startswith(_UNPREFIXED_ROOTS):
+            key = _PREFIX + key
+        if key != _LEGACY_POSITION_IDS:
+            converted[key] = tensor
+    return converted
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``, the GELU approximation OpenAI's CLIP was trained with (Hendrycks & Gimpel 2016)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class CLIPTextEmbeddings(nn.Module):
+    """Token embedding plus a learned absolute position embedding (Radford et al. 2021)."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        length = input_ids.shape[-1]
+        if length > self.position_embedding.num_embeddings:
+            raise ValueError(
+                f"input_ids has {length} tokens but the text encoder has "
+                f"{self.position_embedding.num_embeddings} positions; tokenize with truncation"
+            )
+        # Positions are 0..T-1 for every prompt: the first T rows of the table, [T, D], broadcast over the batch.
+        return self.token_embedding(input_ids) + self.position_embedding.weight[:length]
+
+
+class CLIPAttention(nn.Module):
+    """Causal multi-head self-attention (Vaswani et al. 2017): token i attends to tokens 0..i."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        # [B, T, D] -> [B, T, H, D/H] -> [B, H, T, D/H]
+        return x.view(batch, length, self.num_heads, width // self.num_heads).transpose(1, 2)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch, length, width = hidden_states.shape
+        query, key, value = (self._heads(proj(hidden_states)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        attended = F.scaled_dot_product_attention(query, key, value, is_causal=True)  # scale 1/sqrt(D/H)
+        # [B, H, T, D/H] -> [B, T, H, D/H] -> [B, T, D]
+        return self.out_proj(attended.transpose(1, 2).reshape(batch, length, width))
+
+
+class CLIPMLP(nn.Module):
+    """The transformer's position-wise feed-forward block, ``fc2(act(fc1(x)))`` (Vaswani et al. 2017)."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation_fn = QuickGELU() if config.hidden_act == "quick_gelu" else nn.GELU()
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class CLIPEncoderLayer(nn.Module):
+    """A pre-LayerNorm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))`` (Radford et al. 2019)."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__()
+        self.self_attn = CLIPAttention(config)
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = CLIPMLP(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.self_attn(self.layer_norm1(hidden_states))
+        return hidden_states + self.mlp(self.layer_norm2(hidden_states))
+
+
+class CLIPEncoder(nn.Module):
+    """The stack of ``num_hidden_layers`` encoder layers."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden_states: torch.Tensor, num_layers: int) -> torch.Tensor:
+        for layer in self.layers[:num_layers]:
+            hidden_states = layer(hidden_states)
+        return hidden_states
+
+
+class CLIPTextTransformer(nn.Module):
+    """Embeddings, encoder layers and the final LayerNorm of CLIP's text tower (Radford et al. 2021)."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__()
+        self.embeddings = CLIPTextEmbeddings(config)
+        self.encoder = CLIPEncoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, clip_skip: int | None = None) -> torch.Tensor:
+        num_layers = len(self.encoder.layers)
+        skip = 0 if clip_skip is None else clip_skip
+        if not 0 <= skip <= num_layers:
+            raise ConfigError(f"clip_skip={clip_skip} is not supported; this text encoder has {num_layers} layers")
+        hidden_states = self.encoder(self.embeddings(input_ids), num_layers - skip)
+        return self.final_layer_norm(hidden_states)
+
+
+class CLIPTextModel(nn.Module):
+    """CLIP's text encoder (Radford et al. 2021): ``input_ids`` [B, T] -> hidden states [B, T, D]."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__()
+        self.config = config
+        self.text_model = CLIPTextTransformer(config)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | CLIPTextConfig) -> CLIPTextModel:
+        """Build the module (weights randomly initialised) from a ``config.json`` mapping or a config."""
+        return cls(config if isinstance(config, CLIPTextConfig) else CLIPTextConfig.from_dict(config))
+
+    @classmethod
+    def from_config_file(cls, path: str | Path) -> CLIPTextModel:
+        """Build the module (weights randomly initialised) from a text encoder's ``config.json``."""
+        return cls(CLIPTextConfig.from_file(path))
+
+    def forward(self, input_ids: torch.Tensor, clip_skip: int | None = None) -> torch.Tensor:
+        """The last layer's hidden states after the final LayerNorm, or with ``clip_skip=k`` those of the layer k
+        from the end (diffusers: ``hidden_states[-(k + 1)]``, then the final LayerNorm); ``clip_skip=0`` is None.
+        """
+        return self.text_model(input_ids, clip_skip)
