@@ -125,5 +125,46 @@ class SchedulerMixin(ConfigMixin):
             self._step_index = self._begin_index or 0
         return self._step_index
 
+    def _finish_step(
+        self,
+        index: int,
+        prev_sample: torch.Tensor,
+        pred_original_sample: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
+        """Advance the counter past step ``index``; diffusers' result: the output, or its set fields as a tuple."""
+        self._step_index = index + 1
+        if not return_dict:
+            return (prev_sample,) if pred_original_sample is None else (prev_sample, pred_original_sample)
+        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+    def _add_noise_sigma(self, timesteps: torch.Tensor, like: torch.Tensor, missing_is_last: bool) -> torch.Tensor:
+        """``self.sigmas`` at the schedule position of each of ``timesteps``, shaped [B, 1, ..., 1] like ``like``.
+
+        diffusers' rule for ``add_noise``: after ``set_begin_index`` every sample sits at the step counter
+        (inpainting, once a step was taken) or at ``begin_index`` (img2img); otherwise each timestep is looked up
+        in ``self.timesteps``, its second match when it repeats. A timestep that is not there is the last
+        position with ``missing_is_last`` (the VP solvers), an IndexError without (the k-diffusion ports).
+        """
+        sigmas = self.sigmas.to(device=like.device, dtype=like.dtype)
+        timesteps = timesteps.to(like.device).reshape(-1)  # [B]
+        if self.begin_index is not None:
+            at = self.step_index if self.step_index is not None else self.begin_index
+            indices = torch.full((timesteps.shape[0],), at, dtype=torch.long, device=like.device)
+        else:
+            schedule = self.timesteps.to(like.device)
+            n = len(schedule)
+            matches = schedule[None, :] == timesteps[:, None]  # [B, n]
+            count = matches.sum(dim=1)  # [B]
+            if not missing_is_last and bool((count == 0).any()):
+                raise IndexError(
+                    f"{type(self).__name__}.add_noise: a timestep of {timesteps.tolist()} is not in the "
+                    "schedule; pass timesteps from scheduler.timesteps"
+                )
+            positions = torch.where(matches, torch.arange(n, device=like.device), n).sort(dim=1).values  # [B, n]
+            second = positions[:, 1] if n > 1 else positions[:, 0]
+            indices = torch.where(count > 1, second, torch.where(count == 1, positions[:, 0], n - 1))
+        return sigmas[indices].reshape(-1, *([1] * (like.ndim - 1)))  # [B, 1, ..., 1]
+
     def __len__(self) -> int:
         return self.config.num_train_timesteps

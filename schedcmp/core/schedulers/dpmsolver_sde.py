@@ -17,10 +17,16 @@ import numpy as np
 import torch
 
 from ..configuration import register_to_config
-from .base import SchedulerMixin, SchedulerOutput, randn_tensor
-from .euler import add_noise_by_sigma, check_sigma_schedule_choice
-from .heun import checked_step_count, init_noise_sigma_of, sigma_schedule
-from .schedules import BetaSchedule, TimestepSpacing, make_betas, sigma_to_t
+from .base import SchedulerOutput, randn_tensor
+from .schedules import BetaSchedule, TimestepSpacing, sigma_to_t
+from .sigma_space import (
+    Device,
+    SigmaSchedule,
+    TwoStageScheduler,
+    interleave_midpoints,
+    repeat_after_first,
+    with_final_sigma,
+)
 
 
 class BrownianNoiseSampler:
@@ -77,7 +83,7 @@ class BrownianNoiseSampler:
         return (increment / math.sqrt(abs(t1 - t0))).to(self.out_dtype)
 
 
-class DPMSolverSDEScheduler(SchedulerMixin):
+class DPMSolverSDEScheduler(TwoStageScheduler):
     """Stochastic DPM-Solver++(2S) (k-diffusion ``sample_dpmpp_sde``): two model calls per step.
 
     ``timesteps`` interleaves the two stages (t_0, t_mid_0, t_1, t_mid_1, ...): the first stage steps to the
@@ -93,7 +99,7 @@ class DPMSolverSDEScheduler(SchedulerMixin):
     neither, the seed is random. Assign ``noise_sampler`` after ``set_timesteps`` to use another sampler.
     """
 
-    order = 2
+    _timesteps_dtype = np.float64
 
     @register_to_config
     def __init__(
@@ -112,84 +118,46 @@ class DPMSolverSDEScheduler(SchedulerMixin):
         steps_offset: int = 0,
     ) -> None:
         # prediction_type "sample" is refused here: diffusers accepts it but raises NotImplementedError in step.
-        check_sigma_schedule_choice(type(self).__name__, use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
-        betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         self.noise_sampler: BrownianNoiseSampler | None = None
-        self._stage_sample: torch.Tensor | None = None
-        # Initial state: every training step (diffusers also respaces it here; skipped, set_timesteps does it).
-        self._build(num_train_timesteps, None, num_train_timesteps, respace=False)
+        self._setup()
 
     @property
     def is_stochastic(self) -> bool:
         """True: both stages of every step but the last add Brownian noise."""
         return True
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int,
-        device: str | torch.device | None = None,
-        num_train_timesteps: int | None = None,
-    ) -> None:
-        """Spaced timesteps (Lin et al. 2023 Table 2) with each step's log-sigma midpoint interleaved."""
-        n = checked_step_count(type(self).__name__, num_inference_steps, num_train_timesteps, self.config)
-        self._build(n, device, num_train_timesteps, respace=True)
-
-    def _build(self, n: int, device: str | torch.device | None, num_train_timesteps: int | None, respace: bool) -> None:
-        self.num_inference_steps = n
-        timesteps, sigmas, log_train = sigma_schedule(
-            self.config,
-            self.alphas_cumprod,
-            n,
-            num_train_timesteps or self.config.num_train_timesteps,
-            np.float64,
-            respace=respace,
-        )
+    def _lay_out(self, schedule: SigmaSchedule, index: torch.Tensor, device: Device) -> None:
+        """Each step's log-sigma midpoint interleaved; the ancestral split of both sub-steps per position."""
         # midpoint timesteps from the float64 sigmas: sigma = exp(-(t_k + t_{k+1}) / 2) in t = -log(sigma)
-        t_levels = -np.log(sigmas)
-        mid_timesteps = sigma_to_t(np.exp(-(t_levels[:-1] + np.diff(t_levels) * 0.5)), log_train)  # [n - 1]
-        base = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))  # [n + 1]
+        t_levels = -np.log(schedule.sigmas)
+        mid_timesteps = sigma_to_t(np.exp(-(t_levels[:-1] + np.diff(t_levels) * 0.5)), schedule.log_train)  # [n - 1]
         # [s_0, s_1, s_1, ..., s_{n-1}, s_{n-1}, 0]: [2n]; timesteps [t_0, t_mid_0, t_1, t_mid_1, ...]: [2n - 1]
-        self.sigmas = torch.cat([base[:1], base[1:-1].repeat_interleave(2), base[-1:]])
-        timesteps = torch.from_numpy(np.asarray(timesteps, dtype=np.float64))
-        timesteps = torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)])
-        timesteps[1::2] = torch.from_numpy(mid_timesteps)
-        self.timesteps = timesteps.to(device)
-        self.init_noise_sigma = init_noise_sigma_of(self.sigmas, self.config.timestep_spacing)
+        self.sigmas = repeat_after_first(with_final_sigma(schedule.sigmas))[:-1]
+        timesteps = torch.from_numpy(np.asarray(schedule.timesteps, dtype=np.float64))
+        self.timesteps = interleave_midpoints(timesteps, torch.from_numpy(mid_timesteps)).to(device)
         self._sigma_range = (self.sigmas[self.sigmas > 0].min().item(), self.sigmas.max().item())
 
-        # Per counter position i, in diffusers' float32 arithmetic: the step runs from sigma to sigma_next.
-        index = torch.arange(2 * n - 1)
+        # Per counter position, in diffusers' float32 arithmetic: the step runs from sigma to sigma_next.
         first = index % 2 == 0
         start = index - (~first).long()
         sigma, sigma_next = self.sigmas[start], self.sigmas[start + 1]
         t, t_next = sigma.log().neg(), sigma_next.log().neg()
         t_mid = t + (t_next - t) * 0.5
         sigma_mid = t_mid.neg().exp()
-        sigma_x0 = torch.where(first, sigma, sigma_mid)  # the noise level the model saw
         t_to = torch.where(first, t_mid, t_next)  # the first stage ends at the midpoint
         sigma_from, sigma_to = t.neg().exp(), t_to.neg().exp()
         up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
         sigma_up = torch.where(up < sigma_to, up, sigma_to)  # Python's min(sigma_to, up), as diffusers takes it
         sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
         t_down = sigma_down.log().neg()
-        self._input_scale = ((sigma_x0**2 + 1) ** 0.5).tolist()
-        self._sigma_x0 = sigma_x0.tolist()
-        self._c_out = (-sigma_x0 / (sigma_x0**2 + 1) ** 0.5).tolist()
-        self._c_den = (sigma_x0**2 + 1).tolist()
+        self._set_model_sigmas(torch.where(first, sigma, sigma_mid))  # the noise level the model saw
         self._euler = (sigma_next == 0).tolist()
         self._sigma, self._dt = sigma.tolist(), (sigma_next - sigma).tolist()
         self._c_sample = (t_down.neg().exp() / t.neg().exp()).tolist()
         self._c_x0 = (t - t_down).expm1().tolist()
         self._noise_from, self._noise_to = sigma_from.tolist(), sigma_to.tolist()
         self._noise_std = sigma_up.tolist()
-        self._stage_sample = None
         self.noise_sampler = None
-        self._reset_step_counter()
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Divide by sqrt(sigma^2 + 1) at the stage's noise level (Karras et al. 2022 Table 1, c_in)."""
-        return sample / self._input_scale[self._current_step_index()]
 
     def _make_noise_sampler(
         self, sample: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
@@ -220,39 +188,22 @@ class DPMSolverSDEScheduler(SchedulerMixin):
         # s_down     -> sqrt(s_to^2 - s_up^2), t_down = -log(s_down), the deterministic target of the sub-step
         # dW         -> the Brownian increment over (s_from, s_to), normalised, from ``noise_sampler``
         i = self._current_step_index()
-        sigma_x0 = self._sigma_x0[i]
         if self.noise_sampler is None:
             self.noise_sampler = self._make_noise_sampler(sample, generator)
 
         # 1. x0 from the model output: eps or v (Salimans & Ho 2022 sec. 4)
-        if self.config.prediction_type == "epsilon":
-            pred_original_sample = sample - sigma_x0 * model_output
-        else:
-            pred_original_sample = model_output * self._c_out[i] + sample / self._c_den[i]
+        pred_original_sample = self._predicted_x0(model_output, sample, i, self._model_sigma[i])
 
         if self._euler[i]:
             # 2. last step (sigma_next = 0): Euler, x_N = x + (0 - sigma) (x - x0) / sigma (Karras et al. eq. 3)
             derivative = (sample - pred_original_sample) / self._sigma[i]
             prev_sample = sample + derivative * self._dt[i]
         else:
-            if i % 2 == 1:
-                # 3b. second stage restarts from x_i with the midpoint's x0 (DPM-Solver++(2S), Alg. 1)
-                if self._stage_sample is None:
-                    raise RuntimeError(f"{type(self).__name__}: a second stage needs its first stage (odd begin_index)")
-                sample, self._stage_sample = self._stage_sample, None
-            else:
-                self._stage_sample = sample
-            # 3. first-order DPM-Solver++ step (sec. 4, data prediction) to t_down, plus ancestral noise:
-            #    x' = (s_down / s_from) x - expm1(t_from - t_down) x0 + s_up * s_noise * dW
+            # 3. first-order DPM-Solver++ step (sec. 4, data prediction) from x_i to t_down, plus ancestral noise:
+            #    x' = (s_down / s_from) x - expm1(t_from - t_down) x0 + s_up * s_noise * dW; the second stage
+            #    restarts from x_i with the midpoint's x0 (DPM-Solver++(2S), Alg. 1)
+            sample = self._stage_start(i, sample)
             prev_sample = self._c_sample[i] * sample - self._c_x0[i] * pred_original_sample
             noise = self.noise_sampler(self._noise_from[i], self._noise_to[i])
             prev_sample = prev_sample + noise * s_noise * self._noise_std[i]
-
-        self._step_index = i + 1
-        if not return_dict:
-            return prev_sample, pred_original_sample
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x_t = x0 + sigma_t * noise (Karras et al. 2022 eq. 1) at the sigmas of ``timesteps``."""
-        return add_noise_by_sigma(self, original_samples, noise, timesteps)
+        return self._finish_step(i, prev_sample, pred_original_sample, return_dict)

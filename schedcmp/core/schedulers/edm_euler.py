@@ -15,11 +15,12 @@ import torch
 
 from ..configuration import register_to_config
 from ..errors import ConfigError
-from .base import SchedulerMixin, SchedulerOutput, randn_tensor
-from .euler import ChurnTables, add_noise_by_sigma
+from .base import SchedulerMixin, SchedulerOutput
+from .schedules import check_num_inference_steps, karras_ramp
+from .sigma_space import ChurnTables, SigmaScheduler
 
 
-class EDMEulerScheduler(SchedulerMixin):
+class EDMEulerScheduler(SigmaScheduler):
     """Euler steps for a model preconditioned as in Karras et al. 2022 Table 1 (EDM); timesteps are c_noise.
 
     ``step`` and ``scale_model_input`` follow the schedule by the step counter: their ``timestep`` argument is
@@ -65,8 +66,7 @@ class EDMEulerScheduler(SchedulerMixin):
         """Noise levels for ramp values in [0, 1]: eq. 5 (karras) or log-linear (exponential), float32."""
         config = self.config
         if config.sigma_schedule == "karras":
-            min_inv_rho, max_inv_rho = config.sigma_min ** (1 / config.rho), config.sigma_max ** (1 / config.rho)
-            sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** config.rho
+            sigmas = karras_ramp(ramp, config.sigma_min, config.sigma_max, config.rho)
         else:
             # diffusers' quirk: only the number of ramp values is used, spaced evenly in log-sigma in float32.
             log_min, log_max = math.log(config.sigma_min), math.log(config.sigma_max)
@@ -110,10 +110,7 @@ class EDMEulerScheduler(SchedulerMixin):
         if sigmas is None:
             if num_inference_steps is None:
                 raise ConfigError(f"{name}.set_timesteps: pass num_inference_steps or sigmas")
-            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
-                raise ConfigError(f"{name}: num_inference_steps must be a whole number, got {num_inference_steps!r}")
-            if num_inference_steps < 1:
-                raise ConfigError(f"{name}: num_inference_steps must be at least 1, got {num_inference_steps}")
+            num_inference_steps = check_num_inference_steps(name, num_inference_steps, maximum=None)
             ramp = torch.linspace(0, 1, num_inference_steps, dtype=torch.float64)
         else:
             ramp = torch.as_tensor(sigmas).to(torch.float64).reshape(-1)  # [n]
@@ -150,12 +147,9 @@ class EDMEulerScheduler(SchedulerMixin):
         key = (s_churn, s_tmin, s_tmax)
         table = self._tables.get_table(*key)
         sigma_hat = table.sigma_hat[i]
-        sample = sample.to(torch.float32)
 
         # 1. churn: x^ = x + sqrt(sigma^2 - sigma_i^2) * s_noise * eps (Alg. 2 lines 5-6)
-        if table.noise[i] > 0:
-            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
-            sample = sample + (noise * s_noise) * table.noise[i]
+        sample = table.churn(i, sample, s_noise, model_output, generator)
 
         # 2. denoiser output D(x^; sigma^) = c_skip x^ + c_out F (eq. 7, Table 1)
         if pred_original_sample is None:
@@ -165,12 +159,4 @@ class EDMEulerScheduler(SchedulerMixin):
         # 3. Euler step x_{i+1} = x^ + (sigma_{i+1} - sigma^) d (Alg. 2 lines 7-8), in diffusers' operation order
         derivative = (sample - pred_original_sample) / sigma_hat
         prev_sample = (sample + derivative * table.dt[i]).to(model_output.dtype)
-
-        self._step_index = i + 1
-        if not return_dict:
-            return prev_sample, pred_original_sample
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x_t = x0 + sigma_t * noise (Karras et al. 2022 eq. 1) at the sigmas of ``timesteps``."""
-        return add_noise_by_sigma(self, original_samples, noise, timesteps)
+        return self._finish_step(i, prev_sample, pred_original_sample, return_dict)

@@ -9,16 +9,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
 import torch
 
 from ..configuration import register_to_config
-from .base import SchedulerMixin, SchedulerOutput, randn_tensor
-from .euler import add_noise_by_sigma, train_alphas_cumprod, train_sigmas
-from .schedules import BetaSchedule, TimestepSpacing, check_num_inference_steps, spaced_timesteps
+from .base import SchedulerOutput, randn_tensor
+from .schedules import BetaSchedule, TimestepSpacing, check_num_inference_steps
+from .sigma_space import (
+    SigmaScheduler,
+    init_noise_sigma_of,
+    sigma_schedule,
+    train_alphas_cumprod,
+    training_sigmas,
+    with_final_sigma,
+)
 
 
-class EulerAncestralDiscreteScheduler(SchedulerMixin):
+class EulerAncestralDiscreteScheduler(SigmaScheduler):
     """Ancestral Euler steps on sigma = sqrt((1 - abar) / abar); stochastic (draws noise every step).
 
     ``step`` and ``scale_model_input`` follow the schedule by the step counter: their ``timestep`` argument is
@@ -42,14 +48,10 @@ class EulerAncestralDiscreteScheduler(SchedulerMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ) -> None:
-        self.alphas_cumprod = train_alphas_cumprod(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
-        )
+        self.alphas_cumprod = train_alphas_cumprod(self.config, rescale_betas_zero_snr)
         self.num_inference_steps: int | None = None
-        # Before set_timesteps: every training step, sigma_max first, then 0; float64 timesteps (diffusers' quirk).
-        sigmas = np.concatenate([train_sigmas(self.alphas_cumprod)[::-1], [0.0]]).astype(np.float32)
-        timesteps = np.linspace(0, num_train_timesteps - 1, num_train_timesteps)[::-1].copy()
-        self._install(torch.from_numpy(sigmas), torch.from_numpy(timesteps), None)
+        sigmas, timesteps = training_sigmas(self.alphas_cumprod)  # diffusers' state; float64 timesteps (its quirk)
+        self._install(sigmas, torch.from_numpy(timesteps), None)
 
     @property
     def is_stochastic(self) -> bool:
@@ -60,20 +62,13 @@ class EulerAncestralDiscreteScheduler(SchedulerMixin):
         """Keep the float32 CPU sigmas, place the timesteps and precompute every per-step Python float."""
         self.sigmas = sigmas
         self.timesteps = timesteps.to(device)
-        max_sigma = sigmas.max()
-        if self.config.timestep_spacing not in ("linspace", "trailing"):
-            max_sigma = (max_sigma**2 + 1) ** 0.5
-        self.init_noise_sigma = max_sigma.item()
-        self._input_scale = ((sigmas**2 + 1) ** 0.5).tolist()
+        self.init_noise_sigma = init_noise_sigma_of(sigmas, self.config.timestep_spacing)
         sigma_from, sigma_to = sigmas[:-1], sigmas[1:]
         sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
         sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
-        self._sigma = sigma_from.tolist()
+        self._set_model_sigmas(sigmas)
         self._sigma_up = sigma_up.tolist()
         self._dt = (sigma_down - sigma_from).tolist()
-        # v-prediction's x0 = out * c_out + x / c_den, with diffusers' float32 factors.
-        self._c_out = (-sigma_from / (sigma_from**2 + 1) ** 0.5).tolist()
-        self._c_den = (sigma_from**2 + 1).tolist()
         self._reset_step_counter()
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
@@ -81,16 +76,8 @@ class EulerAncestralDiscreteScheduler(SchedulerMixin):
         config = self.config
         n = check_num_inference_steps(type(self).__name__, num_inference_steps, config.num_train_timesteps)
         self.num_inference_steps = n
-        timesteps = spaced_timesteps(config.timestep_spacing, config.num_train_timesteps, n, config.steps_offset)
-        timesteps = timesteps.astype(np.float32)
-        train = train_sigmas(self.alphas_cumprod)
-        sigmas = np.interp(timesteps, np.arange(len(train)), train)
-        sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
-        self._install(torch.from_numpy(sigmas), torch.from_numpy(timesteps), device)
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Divide by sqrt(sigma^2 + 1): the VP model's input scale (Karras et al. 2022 Table 1, c_in)."""
-        return sample / self._input_scale[self._current_step_index()]
+        timesteps, sigmas, _ = sigma_schedule(config, self.alphas_cumprod, n, respace=False)  # no grids here
+        self._install(with_final_sigma(sigmas), torch.from_numpy(timesteps), device)
 
     def step(
         self,
@@ -107,14 +94,11 @@ class EulerAncestralDiscreteScheduler(SchedulerMixin):
         # sigma_up   -> sqrt(sigma_{i+1}^2 (sigma_i^2 - sigma_{i+1}^2) / sigma_i^2), the std of the fresh noise
         # sigma_down -> sqrt(sigma_{i+1}^2 - sigma_up^2), where the deterministic part of the step lands
         i = self._current_step_index()
-        sigma = self._sigma[i]
+        sigma = self._model_sigma[i]
         sample = sample.to(torch.float32)
 
         # 1. x0 from the model output: eps or v (Salimans & Ho 2022 sec. 4)
-        if self.config.prediction_type == "epsilon":
-            pred_original_sample = sample - sigma * model_output
-        else:
-            pred_original_sample = model_output * self._c_out[i] + sample / self._c_den[i]
+        pred_original_sample = self._predicted_x0(model_output, sample, i, sigma)
 
         # 2. Euler step of the probability-flow ODE (Karras et al. 2022 eq. 3) from sigma_i to sigma_down,
         #    in diffusers' operation order
@@ -125,12 +109,4 @@ class EulerAncestralDiscreteScheduler(SchedulerMixin):
         #    so the generator advances as diffusers' does)
         noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
         prev_sample = (prev_sample + noise * self._sigma_up[i]).to(model_output.dtype)
-
-        self._step_index = i + 1
-        if not return_dict:
-            return prev_sample, pred_original_sample
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x_t = x0 + sigma_t * noise (Karras et al. 2022 eq. 1) at the sigmas of ``timesteps``."""
-        return add_noise_by_sigma(self, original_samples, noise, timesteps)
+        return self._finish_step(i, prev_sample, pred_original_sample, return_dict)

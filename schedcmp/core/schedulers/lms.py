@@ -16,15 +16,15 @@ import torch
 
 from ..configuration import register_to_config
 from ..errors import ConfigError
-from .base import SchedulerMixin, SchedulerOutput
-from .euler import (
-    add_noise_by_sigma,
-    check_sigma_schedule_choice,
-    respaced_sigmas,
-    train_alphas_cumprod,
-    train_sigmas,
+from .base import SchedulerOutput
+from .schedules import (
+    BetaSchedule,
+    TimestepSpacing,
+    check_num_inference_steps,
+    check_sigma_grid_choice,
+    chosen_sigma_grid,
 )
-from .schedules import BetaSchedule, TimestepSpacing, check_num_inference_steps, sigma_to_t, spaced_timesteps
+from .sigma_space import SigmaScheduler, init_noise_sigma_of, sigma_schedule, train_alphas_cumprod, with_final_sigma
 
 
 def lms_coefficients(sigmas: np.ndarray, order: int) -> list[list[float]]:
@@ -56,7 +56,7 @@ def lms_coefficients(sigmas: np.ndarray, order: int) -> list[list[float]]:
     return table
 
 
-class LMSDiscreteScheduler(SchedulerMixin):
+class LMSDiscreteScheduler(SigmaScheduler):
     """Linear multistep sampler on sigma = sqrt((1 - abar) / abar), up to 4th order by default.
 
     ``step`` and ``scale_model_input`` follow the schedule by the step counter: their ``timestep`` argument is
@@ -82,10 +82,8 @@ class LMSDiscreteScheduler(SchedulerMixin):
         timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,
     ) -> None:
-        check_sigma_schedule_choice(type(self).__name__, use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
-        self.alphas_cumprod = train_alphas_cumprod(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas
-        )
+        check_sigma_grid_choice(type(self).__name__, self.config)
+        self.alphas_cumprod = train_alphas_cumprod(self.config)
         self.num_inference_steps: int | None = None
         self.set_timesteps(num_train_timesteps)  # diffusers' initial state is the full-length schedule
 
@@ -99,43 +97,24 @@ class LMSDiscreteScheduler(SchedulerMixin):
         config = self.config
         n = check_num_inference_steps(type(self).__name__, num_inference_steps, config.num_train_timesteps)
         self.num_inference_steps = n
-        timesteps = spaced_timesteps(config.timestep_spacing, config.num_train_timesteps, n, config.steps_offset)
-        timesteps = timesteps.astype(np.float32)
-        train = train_sigmas(self.alphas_cumprod)
-        log_train = np.log(train)
-        sigmas = np.interp(timesteps, np.arange(len(train)), train)
-        kind = next((k for k in ("karras", "exponential", "beta") if config[f"use_{k}_sigmas"]), None)
-        if kind is not None:
-            # diffusers' LMS bounds karras by the schedule alone, but exponential / beta by a `sigma_min` /
-            # `sigma_max` config entry when one exists (e.g. a hidden key kept from another class's config).
-            lo = config.get("sigma_min") if kind != "karras" else None
-            hi = config.get("sigma_max") if kind != "karras" else None
-            lo = sigmas[-1].item() if lo is None else lo
-            hi = sigmas[0].item() if hi is None else hi
-            sigmas = respaced_sigmas(kind, lo, hi, n)
-            timesteps = sigma_to_t(sigmas, log_train)
-        sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
-
-        self.sigmas = torch.from_numpy(sigmas)
+        # diffusers' LMS bounds karras by the schedule alone, but exponential / beta by a `sigma_min` /
+        # `sigma_max` config entry when one exists (e.g. a hidden key kept from another class's config).
+        by_config = chosen_sigma_grid(config) not in (None, "karras")
+        timesteps, sigmas, _ = sigma_schedule(
+            config,
+            self.alphas_cumprod,
+            n,
+            sigma_min=config.get("sigma_min") if by_config else None,
+            sigma_max=config.get("sigma_max") if by_config else None,
+        )
+        self.sigmas = with_final_sigma(sigmas)
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.float32)
-        max_sigma = self.sigmas.max()
-        if config.timestep_spacing not in ("linspace", "trailing"):
-            max_sigma = (max_sigma**2 + 1) ** 0.5
-        self.init_noise_sigma = max_sigma.item()
-        sigma = self.sigmas[:-1]
-        self._sigma = sigma.tolist()
-        self._input_scale = ((self.sigmas**2 + 1) ** 0.5).tolist()
-        # v-prediction's x0 = out * c_out + x / c_den, with diffusers' float32 factors.
-        self._c_out = (-sigma / (sigma**2 + 1) ** 0.5).tolist()
-        self._c_den = (sigma**2 + 1).tolist()
-        self._sigmas64 = sigmas.astype(np.float64)
+        self.init_noise_sigma = init_noise_sigma_of(self.sigmas, config.timestep_spacing)
+        self._set_model_sigmas(self.sigmas)
+        self._sigmas64 = self.sigmas.numpy().astype(np.float64)
         self._weights = {order: lms_coefficients(self._sigmas64, order) for order in range(1, 5)}
         self.derivatives: list[torch.Tensor] = []
         self._reset_step_counter()
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Divide by sqrt(sigma^2 + 1): the VP model's input scale (Karras et al. 2022 Table 1, c_in)."""
-        return sample / self._input_scale[self._current_step_index()]
 
     def step(
         self,
@@ -154,16 +133,10 @@ class LMSDiscreteScheduler(SchedulerMixin):
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
             raise ConfigError(f"{type(self).__name__}.step: order must be a whole number >= 1, got {order!r}")
         i = self._current_step_index()
-        sigma = self._sigma[i]
+        sigma = self._model_sigma[i]
 
         # 1. x0 from the model output: eps, v (Salimans & Ho 2022 sec. 4) or x0 itself
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            pred_original_sample = sample - sigma * model_output
-        elif kind == "v_prediction":
-            pred_original_sample = model_output * self._c_out[i] + sample / self._c_den[i]
-        else:
-            pred_original_sample = model_output
+        pred_original_sample = self._predicted_x0(model_output, sample, i, sigma)
 
         # 2. slope d_t, kept with at most `order` past ones (diffusers trims one per step)
         self.derivatives.append((sample - pred_original_sample) / sigma)
@@ -181,12 +154,4 @@ class LMSDiscreteScheduler(SchedulerMixin):
             term = weight * derivative
             increment = term if increment is None else increment + term
         prev_sample = sample + increment
-
-        self._step_index = i + 1
-        if not return_dict:
-            return prev_sample, pred_original_sample
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x_t = x0 + sigma_t * noise (Karras et al. 2022 eq. 1) at the sigmas of ``timesteps``."""
-        return add_noise_by_sigma(self, original_samples, noise, timesteps)
+        return self._finish_step(i, prev_sample, pred_original_sample, return_dict)
