@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .core.pipeline import load_pipeline, load_scheduler_config
+from .core.load import load_pipeline, load_scheduler_config
 from .core.schedulers import A1111_PRESETS, ALIASES, SchedulerPreset, resolve_scheduler
 from .engine import Engine
 from .errors import RunFailedError, SchedcmpError

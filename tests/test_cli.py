@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from schedcmp import __version__
 from schedcmp.cli import app
-from schedcmp.core.pipeline import ShapesPipeline
+from schedcmp.core.builtin import ShapesPipeline
 
 PROMPT = "a red circle on a blue background"
 

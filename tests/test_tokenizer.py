@@ -5,7 +5,6 @@ In transformers 5 ``CLIPTokenizerFast`` is another name for the ``tokenizers``-b
 Python tokenizer is gone), so that one class is the oracle; Stable Diffusion pipelines use it.
 """
 
-import gzip
 import json
 import random
 import shutil
@@ -16,14 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from tiny_sd import write_clip_vocab
 
 from schedcmp.core.errors import ConfigError
-from schedcmp.core.models.tokenizer import CLIPTokenizer, TruncationWarning, bytes_to_unicode, normalize
+from schedcmp.core.models.tokenizer import CLIPTokenizer, TruncationWarning, normalize
 
 FIXTURES = Path(__file__).parent / "fixtures"
-BPE_FILE = FIXTURES / "clip-bpe" / "bpe_simple_vocab_16e6.txt.gz"
 CONFIGS = FIXTURES / "clip-tokenizer"
-NUM_MERGES = 49152 - 256 - 2  # CLIP's vocabulary: 256 bytes, 256 bytes + </w>, merges, 2 special tokens
 
 PROMPTS = [
     "a photo of an astronaut riding a horse on mars",
@@ -58,15 +56,7 @@ FOLDERS = ["sd1-vocab", "sd2-vocab", "sd1-tokenizer-json", "sd2-tokenizer-json",
 @pytest.fixture(scope="module")
 def bpe_folder(tmp_path_factory) -> Path:
     """vocab.json + merges.txt derived from the CLIP BPE file (open_clip's construction)."""
-    lines = gzip.open(BPE_FILE).read().decode("utf-8").split("\n")
-    merges = lines[1 : NUM_MERGES + 1]
-    byte_chars = list(bytes_to_unicode().values())
-    tokens = [*byte_chars, *(c + "</w>" for c in byte_chars), *("".join(m.split()) for m in merges)]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    folder = tmp_path_factory.mktemp("clip-bpe")
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return folder
+    return write_clip_vocab(tmp_path_factory.mktemp("clip-bpe"))
 
 
 @pytest.fixture(scope="module")

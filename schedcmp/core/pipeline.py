@@ -1,9 +1,12 @@
-"""Pipelines the engine drives: prompt encoding, one denoiser call, decoding. ``builtin:shapes`` lives here."""
+"""Pipelines the engine drives (encode the prompt, call the denoiser, decode) and Stable Diffusion 1.x / 2.x."""
 
 from __future__ import annotations
 
+import json
 import platform
+import warnings
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,26 +14,15 @@ import PIL
 import torch
 from PIL import Image
 
-from .errors import ConfigError
-from .models.shapes import ShapesDenoiser, ShapesTextEncoder, shapes_dataset, to_pil
-from .schedulers import PNDMScheduler, SchedulerMixin
+from .errors import ConfigError, WeightsError
+from .models.clip import CLIPTextConfig, CLIPTextModel, convert_state_dict
+from .models.loading import load_weights, weight_files
+from .models.tokenizer import CLIPTokenizer
+from .models.unet import UNet2DConditionConfig, UNet2DConditionModel
+from .models.vae import AutoencoderKL, AutoencoderKLConfig, convert_legacy_vae_keys
+from .schedulers import SchedulerMixin, resolve_scheduler
 
-BUILTIN_SHAPES = "builtin:shapes"
-
-# The scheduler_config.json shipped with Stable Diffusion 1.5: builtin:shapes trains on the same schedule.
-SD15_SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
+REQUIRED_COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "unet", "vae")
 
 
 class DenoisingPipeline(ABC):
@@ -77,67 +69,129 @@ class DenoisingPipeline(ABC):
         }
 
 
-class ShapesPipeline(DenoisingPipeline):
-    """``builtin:shapes``: the exactly solvable model over a drawn data set of captioned shapes (no weights)."""
+def to_unit_images(images: torch.Tensor) -> np.ndarray:
+    """Decoder output [B, 3, H, W] in ~[-1, 1] -> float images [B, H, W, 3] in [0, 1] (diffusers' postprocess)."""
+    return (images / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
 
-    # Its calls are two small matmuls (~0.4 ms): extra OpenMP threads only add barriers, and on a busy machine
-    # they stall (measured 70 ms a call with 2 threads against 0.4 ms with 1 while another process ran).
-    cpu_threads = 1
 
-    def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, size: int = 64):
-        if dtype != torch.float32:
-            raise ConfigError(
-                f"builtin:shapes computes exactly in fp32; got dtype {str(dtype).removeprefix('torch.')} "
-                "(use --dtype fp32 or auto)"
-            )
-        self.name = BUILTIN_SHAPES
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.default_size = (size, size)
-        self.size = size
-        self.scheduler = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
-        self.dataset = shapes_dataset(size)
-        self.text_encoder = ShapesTextEncoder(self.dataset)
-        self.denoiser = ShapesDenoiser(self.dataset, self.scheduler.alphas_cumprod).to(self.device)
+def to_pil_images(unit_images: np.ndarray) -> list[Image.Image]:
+    """Float images [B, H, W, 3] in [0, 1] -> 8-bit RGB PIL images, rounded as diffusers rounds."""
+    return [Image.fromarray(image) for image in (unit_images * 255).round().astype("uint8")]
+
+
+def read_model_index(folder: Path) -> dict[str, Any]:
+    """``model_index.json`` of a diffusers folder, checked to name the components a Stable Diffusion needs."""
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise WeightsError(f"{folder} is not a diffusers model folder: it has no model_index.json")
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise WeightsError(f"{index_file} is not valid JSON ({err})") from None
+    missing = [name for name in REQUIRED_COMPONENTS if not (folder / name).is_dir()]
+    if missing:
+        raise WeightsError(f"{folder} lacks the component folders {', '.join(missing)} of a Stable Diffusion model")
+    return index
+
+
+class StableDiffusionPipeline(DenoisingPipeline):
+    """Text-to-image latent diffusion (Rombach et al. 2022): CLIP text encoder, UNet, VAE, and a scheduler."""
+
+    def __init__(
+        self,
+        tokenizer: CLIPTokenizer,
+        text_encoder: CLIPTextModel,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        scheduler: SchedulerMixin,
+        name: str = "stable-diffusion",
+        clip_skip: int | None = None,
+    ):
+        self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
+        self.scheduler = scheduler
+        self.name = name
+        self.clip_skip = clip_skip
+        self.device = next(unet.parameters()).device
+        self.dtype = next(unet.parameters()).dtype
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        sample_size = unet.config.sample_size or 64
+        self.default_size = (sample_size * self.vae_scale_factor, sample_size * self.vae_scale_factor)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        torch_dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        variant: str | None = None,
+        allow_pickle: bool = False,
+        clip_skip: int | None = None,
+    ) -> StableDiffusionPipeline:
+        """Load a diffusers-format folder; weights from safetensors (pickles only with ``allow_pickle``)."""
+        folder = Path(folder)
+        read_model_index(folder)
+        scheduler_config = SchedulerMixin.load_config(folder, subfolder="scheduler")
+        scheduler_name = scheduler_config.get("_class_name", "PNDMScheduler")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # keys of other scheduler families in the file are expected
+            scheduler = resolve_scheduler(scheduler_name).cls.from_config(scheduler_config)
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+
+        vae_config = AutoencoderKLConfig.from_file(folder / "vae" / "config.json")
+        vae_dtype = torch.float32 if torch_dtype == torch.float16 and vae_config.force_upcast else torch_dtype
+
+        def files(name: str, stem: str) -> list[Path]:
+            return weight_files(folder / name, stem, variant, allow_pickle)
+
+        text_config = CLIPTextConfig.from_file(folder / "text_encoder" / "config.json")
+        text_encoder = load_weights(
+            lambda: CLIPTextModel(text_config), files("text_encoder", "model"), torch_dtype, device, convert_state_dict
+        )
+        unet_config = UNet2DConditionConfig.from_file(folder / "unet" / "config.json")
+        unet = load_weights(
+            lambda: UNet2DConditionModel(unet_config), files("unet", "diffusion_pytorch_model"), torch_dtype, device
+        )
+        vae = load_weights(
+            lambda: AutoencoderKL(vae_config), files("vae", "diffusion_pytorch_model"), vae_dtype, device,
+            convert_legacy_vae_keys,
+        )
+        return cls(tokenizer, text_encoder, unet, vae, scheduler, name=str(folder), clip_skip=clip_skip)
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-weights over the data set for the prompt and for the negative prompt ("" = the whole set)."""
-        cond = self.text_encoder([prompt], device=self.device)  # [1, N]
-        uncond = self.text_encoder([negative_prompt], device=self.device)  # [1, N]
-        return cond, uncond
+        """CLIP hidden states [1, 77, D] of the prompt and of the negative prompt ("" = unconditional)."""
+        ids = self.tokenizer([prompt, negative_prompt], max_length=self.tokenizer.model_max_length)  # [2, 77]
+        with torch.inference_mode():
+            states = self.text_encoder(ids.to(self.device), clip_skip=self.clip_skip).to(self.dtype)  # [2, 77, D]
+        return states[:1], states[1:]
 
     def latent_shape(self, width: int, height: int) -> tuple[int, ...]:
-        """builtin:shapes samples in pixel space at its drawn size."""
-        if (width, height) != self.default_size:
-            raise ConfigError(
-                f"builtin:shapes draws its data set at {self.size}x{self.size}; got size {width}x{height} "
-                f"(use --size {self.size}x{self.size} or leave --size out)"
-            )
-        return (3, height, width)
+        """(latent channels, height / f, width / f) with f the VAE's downsampling factor."""
+        f = self.vae_scale_factor
+        if width % f or height % f:
+            raise ConfigError(f"{self.name}: size must be a multiple of {f} on both sides, got {width}x{height}")
+        return (self.unet.config.in_channels, height // f, width // f)
 
     def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """The exact posterior-mean noise prediction (epsilon) for each sample."""
-        return self.denoiser(latents, timesteps, embeddings)
+        """One UNet call with a timestep per sample."""
+        return self.unet(latents, timesteps, embeddings)
+
+    def decode_unit(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents [B, 4, h, w] -> float images [B, H, W, 3] in [0, 1]; retried in fp32 if reduced precision
+        overflows to NaN (with a warning)."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        with torch.inference_mode():
+            images = self.vae.decode(latents.to(vae_dtype) / self.vae.config.scaling_factor)
+            if vae_dtype != torch.float32 and bool(torch.isnan(images).any()):
+                warnings.warn(
+                    f"{self.name}: the VAE decoded NaN in {str(vae_dtype).removeprefix('torch.')}; "
+                    "decoding in fp32 from now on",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                self.vae.float()
+                images = self.vae.decode(latents.float() / self.vae.config.scaling_factor)
+        return to_unit_images(images)
 
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        """Pixel space is the latent space here: map [-1, 1] to 8-bit RGB."""
-        return to_pil(latents)
-
-
-def load_pipeline(
-    model: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> DenoisingPipeline:
-    """The pipeline for a model name: ``builtin:shapes`` (Stable Diffusion folders come with the model loaders)."""
-    if model == BUILTIN_SHAPES:
-        return ShapesPipeline(device=device, dtype=dtype)
-    raise ConfigError(
-        f"cannot load model {model!r}: this version runs only the built-in model {BUILTIN_SHAPES!r}; "
-        "Stable Diffusion folders and hub ids are not supported yet"
-    )
-
-
-def load_scheduler_config(model: str) -> dict[str, Any]:
-    """The model's scheduler config alone (no weights): the built-in one, or ``<folder>/scheduler/``."""
-    if model == BUILTIN_SHAPES:
-        return dict(SD15_SCHEDULER_CONFIG)
-    return SchedulerMixin.load_config(model, subfolder="scheduler")
+        """Latents [B, 4, h, w] -> one RGB image each."""
+        return to_pil_images(self.decode_unit(latents))

@@ -1,0 +1,77 @@
+"""The front door: a model name (builtin, folder or hub id) -> a pipeline, or just its scheduler config."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .builtin import BUILTIN_SHAPES, SD15_SCHEDULER_CONFIG, ShapesPipeline
+from .errors import WeightsError
+from .pipeline import DenoisingPipeline, StableDiffusionPipeline
+from .schedulers import SchedulerMixin
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What a pipeline needs from a hub repository: configs, tokenizer files and safetensors weights only.
+HUB_PATTERNS = ("model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer/*")
+
+
+def resolve_model_folder(model: str, variant: str | None = None) -> Path:
+    """A local diffusers folder for ``model``: the folder itself, or a hub id fetched with huggingface_hub."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return folder
+    if not HUB_ID.match(model):
+        raise WeightsError(
+            f"model {model!r} is neither {BUILTIN_SHAPES!r}, an existing folder, nor a hub id (owner/name)"
+        )
+    weights = f"*/*.{variant}.safetensors" if variant else "*/*.safetensors"
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                model,
+                allow_patterns=[*HUB_PATTERNS, weights, f"{weights}.index.json"],
+                local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"),
+            )
+        )
+    except ImportError:
+        raise WeightsError(
+            f"cannot fetch {model!r}: huggingface_hub is not installed; pass a local folder with --model"
+        ) from None
+    except Exception as err:  # network, authentication and cache errors all end the same way for the user
+        raise WeightsError(
+            f"cannot fetch {model!r} from the Hugging Face Hub and it is not in the local cache "
+            f"({type(err).__name__}); download it where there is a network and pass --model /path/to/the/folder"
+        ) from None
+
+
+def load_pipeline(
+    model: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    allow_pickle: bool = False,
+    clip_skip: int | None = None,
+) -> DenoisingPipeline:
+    """The pipeline for ``builtin:shapes``, a diffusers folder or a hub id, on ``device`` in ``dtype``."""
+    if model == BUILTIN_SHAPES:
+        return ShapesPipeline(device=device, dtype=dtype)
+    variant = "fp16" if dtype == torch.float16 else None
+    folder = resolve_model_folder(model, variant)
+    if variant and not any(folder.glob("unet/*.fp16.safetensors")):
+        variant = None  # no fp16 files: load the full-precision ones and cast
+        folder = resolve_model_folder(model)
+    pipeline = StableDiffusionPipeline.from_pretrained(folder, dtype, device, variant, allow_pickle, clip_skip)
+    pipeline.name = model
+    return pipeline
+
+
+def load_scheduler_config(model: str) -> dict[str, Any]:
+    """The model's scheduler config alone (no weights): the built-in one, or ``<folder>/scheduler/``."""
+    if model == BUILTIN_SHAPES:
+        return dict(SD15_SCHEDULER_CONFIG)
+    return SchedulerMixin.load_config(resolve_model_folder(model), subfolder="scheduler")
