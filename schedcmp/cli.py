@@ -105,6 +105,16 @@ def run(
         bool | None, typer.Option("--batched/--sequential", help="Share model calls across runs, or time each alone.")
     ] = None,
     max_batch: Annotated[int | None, typer.Option(help="Most runs per batched model call.")] = None,
+    generator_device: Annotated[
+        str | None, typer.Option(help="Device of each run's torch.Generator (default: --device).")
+    ] = None,
+    clip_skip: Annotated[int | None, typer.Option(help="Use the text encoder's k-th last layer (SD models).")] = None,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the denoiser (UNet) before the first run.")
+    ] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Also load pickled .bin/.ckpt weights, with torch.load(weights_only=True).")
+    ] = False,
     out: Annotated[Path | None, typer.Option(help="Output folder (default out/run-<time>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace results already in the output folder.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print results.json instead of the table.")] = False,
@@ -128,12 +138,17 @@ def run(
                     "dtype": dtype,
                     "mode": None if batched is None else ("batched" if batched else "sequential"),
                     "max_batch": max_batch,
+                    "generator_device": generator_device,
+                    "clip_skip": clip_skip,
                 },
             )
             folder = out or Path("out") / time.strftime("run-%Y%m%d-%H%M%S")
             prepare_output_folder(folder, overwrite)
             torch_device = resolve_device(plan.device)
-            pipeline = load_pipeline(plan.model, torch_device, resolve_dtype(plan.dtype, torch_device, plan.model))
+            dtype = resolve_dtype(plan.dtype, torch_device, plan.model)
+            pipeline = load_pipeline(plan.model, torch_device, dtype, allow_pickle, plan.clip_skip)
+            if compile_model:
+                pipeline.compile()
             engine = Engine(pipeline, plan)
         notes = _show_warnings(caught)
     except SchedcmpError as err:

@@ -99,11 +99,11 @@ class _Lane:
 class Engine:
     """Runs every RunSpec of a plan against one pipeline, with the prompt encoded once for all of them."""
 
-    def __init__(self, pipeline: DenoisingPipeline, plan: Plan, generator_device: torch.device | str | None = None):
+    def __init__(self, pipeline: DenoisingPipeline, plan: Plan):
         self.pipeline = pipeline
         self.plan = plan
         self.device = pipeline.device
-        self.generator_device = torch.device(generator_device) if generator_device else self.device
+        self.generator_device = torch.device(plan.generator_device) if plan.generator_device else self.device
         width, height = plan.size or pipeline.default_size
         self.latent_shape = (1, *pipeline.latent_shape(width, height))
         self.guided = plan.guidance > 1.0

@@ -28,6 +28,8 @@ PLAN_KEYS = (
     "dtype",
     "mode",
     "max_batch",
+    "generator_device",
+    "clip_skip",
     "schedulers",
     "steps",
     "runs",
@@ -84,6 +86,8 @@ class Plan:
     max_batch: int | None
     runs: tuple[RunSpec, ...]
     layout: Literal["matrix", "list"]
+    generator_device: str | None = None
+    clip_skip: int | None = None
     source: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -98,6 +102,8 @@ class Plan:
             "dtype": self.dtype,
             "mode": self.mode,
             "max_batch": self.max_batch,
+            "generator_device": self.generator_device,
+            "clip_skip": self.clip_skip,
             "layout": self.layout,
             "source": str(self.source) if self.source else None,
             "runs": [run.to_json() for run in self.runs],
@@ -302,6 +308,14 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         message = f"max_batch must be 'auto' or a whole number >= 1, got {max_batch!r}"
         raise source("max_batch").error(message, "max_batch")
 
+    generator_device = value("generator_device", None)
+    if generator_device is not None and generator_device not in DEVICES[1:]:
+        message = f"generator_device must be one of {', '.join(DEVICES[1:])}; got {generator_device!r}"
+        raise source("generator_device").error(message, "generator_device")
+    clip_skip = value("clip_skip", None)
+    if clip_skip is not None and (isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0):
+        raise source("clip_skip").error(f"clip_skip must be a whole number >= 0, got {clip_skip!r}", "clip_skip")
+
     runs, layout = _runs(plan, raw, given)
     return Plan(
         model=str(value("model", "builtin:shapes")),
@@ -316,6 +330,8 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         max_batch=max_batch,
         runs=tuple(runs),
         layout=layout,
+        generator_device=generator_device,
+        clip_skip=clip_skip or None,
         source=path,
     )
 

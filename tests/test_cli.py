@@ -253,3 +253,26 @@ def test_edm_euler_warns_that_the_model_was_not_trained_for_it(tmp_path: Path) -
 def test_summary_line_counts_runs_calls_and_wall_time(tmp_path: Path) -> None:
     result = run_quick(tmp_path / "out", schedulers="ddim,heun", steps="4")
     assert "2 runs, 11 model calls, " in result.stdout and "s wall (sequential)" in result.stdout
+
+
+def test_generator_device_is_recorded_and_used(tmp_path: Path) -> None:
+    result = run_quick(tmp_path / "out", "--generator-device", "cpu", schedulers="euler_a")
+    assert result.exit_code == 0
+    assert json.loads((tmp_path / "out/results.json").read_text())["plan"]["generator_device"] == "cpu"
+
+
+def test_clip_skip_is_refused_for_the_builtin_model(tmp_path: Path) -> None:
+    result = run_quick(tmp_path / "out", "--clip-skip", "2")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: clip_skip applies to models with a CLIP text encoder; builtin:shapes has none"
+    )
+
+
+def test_compile_flag_compiles_the_denoiser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    assert run_quick(tmp_path / "out", "--compile").exit_code == 0
+    assert [type(m).__name__ for m in compiled] == ["ShapesDenoiser"]

@@ -71,9 +71,10 @@ def test_schedulers_flag_replaces_the_files_runs(tmp_path: Path) -> None:
     [
         ("prompt: x\n  bad: [\n", "{path}:2: invalid YAML: mapping values are not allowed here"),
         ("- just\n- a list\n", "{path}:1: a plan must be a YAML mapping of keys (model, prompt, negative_prompt, seed, "
-         "size, guidance, device, dtype, mode, max_batch, schedulers, steps, runs)"),
+         "size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, schedulers, steps, runs)"),
         ("prompt: x\nsed: 3\nschedulers: [ddim]\n", "{path}:2: unknown plan key 'sed'; did you mean 'seed'? allowed: "
-         "model, prompt, negative_prompt, seed, size, guidance, device, dtype, mode, max_batch, schedulers, steps, runs"),
+         "model, prompt, negative_prompt, seed, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, "
+         "schedulers, steps, runs"),
         ("prompt: x\nruns:\n  - {scheduler: eulr, steps: 5}\n",
          "{path}:3: unknown scheduler 'eulr'; did you mean 'euler', 'euler_a', 'edm_euler'?"),
         ("prompt: x\nruns:\n  - {scheduler: ddim, steps: 0}\n", "{path}:3: steps must be at least 1, got 0"),
@@ -136,3 +137,16 @@ def test_missing_plan_file() -> None:
 @pytest.mark.parametrize(("text", "size"), [("512x768", (512, 768)), ("64X64", (64, 64)), (64, (64, 64))])
 def test_size_forms(text, size) -> None:
     assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"generator_device": "tpu"}, "generator_device must be one of cpu, cuda, mps; got 'tpu'"),
+        ({"clip_skip": -1}, "clip_skip must be a whole number >= 0, got -1"),
+    ],
+)
+def test_execution_option_messages(overrides: dict, message: str) -> None:
+    with pytest.raises(PlanError) as error:
+        build_plan(None, {"prompt": "x", "schedulers": "ddim", **overrides})
+    assert str(error.value) == message

@@ -170,3 +170,13 @@ def test_hub_id_without_network_says_how_to_pass_a_folder(monkeypatch: pytest.Mo
         "cannot fetch 'nobody-here/no-such-model-xyz' from the Hugging Face Hub and it is not in the local cache ("
     )
     assert str(error.value).endswith("download it where there is a network and pass --model /path/to/the/folder")
+
+
+def test_clip_skip_uses_an_earlier_text_encoder_layer(tiny) -> None:
+    folder, _ = tiny["sd1"]
+    skipping = load_pipeline(str(folder), clip_skip=1)
+    plain = load_pipeline(str(folder))
+    ids = plain.tokenizer([PROMPT], max_length=77)
+    cond, _ = skipping.encode_prompt(PROMPT, "")
+    assert torch.equal(cond, plain.text_encoder(ids, clip_skip=1))
+    assert not torch.allclose(cond, plain.encode_prompt(PROMPT, "")[0])

@@ -72,6 +72,10 @@ class ShapesPipeline(DenoisingPipeline):
         """The exact posterior-mean noise prediction (epsilon) for each sample."""
         return self.denoiser(latents, timesteps, embeddings)
 
+    def compile(self) -> None:
+        """torch.compile the exact denoiser."""
+        self.denoiser = torch.compile(self.denoiser)
+
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Pixel space is the latent space here: map [-1, 1] to 8-bit RGB."""
         return to_pil(latents)

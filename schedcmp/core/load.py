@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .builtin import BUILTIN_SHAPES, SD15_SCHEDULER_CONFIG, ShapesPipeline
-from .errors import WeightsError
+from .errors import ConfigError, WeightsError
 from .pipeline import DenoisingPipeline, StableDiffusionPipeline
 from .schedulers import SchedulerMixin
 
@@ -59,6 +59,8 @@ def load_pipeline(
 ) -> DenoisingPipeline:
     """The pipeline for ``builtin:shapes``, a diffusers folder or a hub id, on ``device`` in ``dtype``."""
     if model == BUILTIN_SHAPES:
+        if clip_skip:
+            raise ConfigError(f"clip_skip applies to models with a CLIP text encoder; {BUILTIN_SHAPES} has none")
         return ShapesPipeline(device=device, dtype=dtype)
     variant = "fp16" if dtype == torch.float16 else None
     folder = resolve_model_folder(model, variant)
