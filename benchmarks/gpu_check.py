@@ -1,0 +1,219 @@
+"""GPU check: random-weight SD 1.5-shaped models from the real configs, parity and speed against diffusers.
+
+Builds the UNet, VAE and CLIP text encoder from ``tests/fixtures/sd15`` (no downloads), saves them in diffusers'
+layout, loads the folder with both libraries, then measures in one process:
+
+1. parity on the device in the chosen dtype: text embeddings, UNet output (per-sample timesteps), VAE decode and
+   whole images for a few schedulers;
+2. host-device synchronisation: every scheduler's loop under ``torch.cuda.set_sync_debug_mode("error")``;
+3. the ``configs/seed-doc.yaml`` plan at the chosen size: the diffusers pipeline looping over ``from_config``
+   swaps as the guide does, against schedcmp sequential and batched, interleaved over repetitions;
+4. the UNet call's throughput against the 0.80 TFLOP per image per call of SD 1.5 at 512x512.
+
+    python benchmarks/gpu_check.py --out DIR                     # CUDA, fp16, 512x512 (benchmarks/gpu_check.sh)
+    python benchmarks/gpu_check.py --device cpu --dtype fp32 --size 64 --reduced --repeats 1 --out DIR  # dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import torch
+import transformers
+
+ROOT = Path(__file__).parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from tiny_sd import write_clip_vocab  # noqa: E402
+
+import schedcmp.core as core  # noqa: E402
+from schedcmp.core.load import load_pipeline  # noqa: E402
+from schedcmp.engine import Engine, synchronize  # noqa: E402
+from schedcmp.plan import build_plan  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PROMPT = "A photograph of an astronaut riding a horse on Mars, high resolution, high definition."
+UNET_TFLOP_PER_IMAGE = 0.80  # SD 1.5 UNet at 64x64 latents, one image, one call (issue 5)
+
+
+def sd15_config(name: str, reduced: bool) -> dict:
+    """A real SD 1.5 component config; ``reduced`` shrinks widths and depth for a CPU dry run."""
+    config = json.loads((FIXTURES / "sd15" / name / "config.json").read_text())
+    if reduced and name == "unet":
+        config.update(block_out_channels=[32, 64, 64, 64], attention_head_dim=4, cross_attention_dim=64,
+                      layers_per_block=1, norm_num_groups=16)
+    if reduced and name == "vae":
+        config.update(block_out_channels=[16, 32, 32, 32], layers_per_block=1, norm_num_groups=16)
+    if reduced and name == "text_encoder":
+        config.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    return config
+
+
+def build_folder(folder: Path, reduced: bool, device: str, dtype: torch.dtype) -> None:
+    """Random-weight SD 1.5 in diffusers' folder layout, initialised directly on the device."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = diffusers.UNet2DConditionModel.from_config(sd15_config("unet", reduced))
+        vae = diffusers.AutoencoderKL.from_config(sd15_config("vae", reduced))
+        text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(**sd15_config("text_encoder", reduced)))
+    vocab = write_clip_vocab(folder.parent / "vocab")
+    for file in (FIXTURES / "clip-tokenizer" / "sd1").glob("*.json"):
+        (vocab / file.name).write_bytes(file.read_bytes())
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae.to(dtype), text_encoder=text_encoder.to(dtype), unet=unet.to(dtype),
+        tokenizer=transformers.CLIPTokenizer.from_pretrained(vocab),
+        scheduler=diffusers.PNDMScheduler.from_pretrained(FIXTURES / "sd15", subfolder="scheduler"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+
+
+def max_abs(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    a, b = torch.as_tensor(a).float().cpu(), torch.as_tensor(b).float().cpu()
+    return (a - b).abs().max().item()
+
+
+def parity(ours, theirs, size: int, device: str) -> dict[str, float]:
+    """Max abs differences of every component and of whole images (first three: float outputs)."""
+    result = {}
+    with torch.inference_mode():
+        cond, _ = ours.encode_prompt(PROMPT, "")
+        result["text embeddings"] = max_abs(cond, theirs.encode_prompt(PROMPT, device, 1, False)[0])
+        g = torch.Generator(device).manual_seed(0)
+        latents = torch.randn((2, 4, size // 8, size // 8), generator=g, device=device).to(ours.dtype)
+        context = torch.cat([cond, cond])
+        t = torch.tensor([999.0, 37.5], device=device)
+        result["unet output"] = max_abs(ours.denoise(latents, t, context),
+                                        theirs.unet(latents, t, encoder_hidden_states=context).sample)
+        scale = theirs.vae.config.scaling_factor
+        vae_dtype = next(ours.vae.parameters()).dtype
+        result["vae decode"] = max_abs(ours.vae.decode(latents.to(vae_dtype) / scale),
+                                       theirs.vae.decode(latents.to(theirs.vae.dtype) / scale).sample)
+    for alias, cls, steps in (("ddim", "DDIMScheduler", 10), ("euler_a", "EulerAncestralDiscreteScheduler", 10),
+                              ("DPM++ 2M Karras", "DPMSolverMultistepScheduler", 10)):
+        options = {"use_karras_sigmas": True} if "Karras" in alias else {}
+        theirs.scheduler = getattr(diffusers, cls).from_config(ours.scheduler.config, **options)
+        image = theirs(PROMPT, num_inference_steps=steps, generator=torch.Generator(device).manual_seed(8),
+                       output_type="np", height=size, width=size).images
+        plan = build_plan(None, {"prompt": PROMPT, "schedulers": alias, "steps": str(steps), "model": ours.name,
+                                 "size": f"{size}x{size}", "seed": 8})
+        report = Engine(ours, plan).run()
+        result[f"image {alias} {steps} steps"] = max_abs(ours.decode_unit(report.results[0].latents), image)
+    return result
+
+
+def sync_free(device: str) -> dict[str, str]:
+    """Each scheduler's whole loop under CUDA's sync debug mode: 'ok' or the error it raised."""
+    outcome = {}
+    config = json.loads((FIXTURES / "sd15" / "scheduler" / "scheduler_config.json").read_text())
+    for cls in core.SCHEDULER_CLASSES:
+        scheduler = cls.from_config(config)
+        scheduler.set_timesteps(12, device=device)
+        generator = torch.Generator(device).manual_seed(0)
+        sample = torch.randn((1, 4, 64, 64), device=device, generator=generator)
+        kwargs = {"generator": generator} if "generator" in scheduler.step.__code__.co_varnames else {}
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for t in scheduler.timesteps:
+                model_input = scheduler.scale_model_input(sample, t)
+                sample = scheduler.step(torch.randn_like(model_input), t, sample, **kwargs).prev_sample
+            outcome[cls.__name__] = "ok"
+        except RuntimeError as err:
+            outcome[cls.__name__] = f"sync: {str(err).splitlines()[0]}"
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return outcome
+
+
+def time_diffusers_loop(pipe, plan, size: int, device: str) -> float:
+    """The guide's workflow: swap the scheduler with from_config, re-seed, call the pipeline; wall seconds."""
+    synchronize(torch.device(device))
+    start = time.perf_counter()
+    for run in plan.runs:
+        pipe.scheduler = getattr(diffusers, run.preset.cls.__name__).from_config(
+            pipe.scheduler.config, **run.preset.options, **run.config_options)
+        pipe(plan.prompt, num_inference_steps=run.steps, guidance_scale=plan.guidance, height=size, width=size,
+             generator=torch.Generator(device).manual_seed(plan.seed), output_type="np")
+    synchronize(torch.device(device))
+    return time.perf_counter() - start
+
+
+def unet_tflops(ours, size: int, device: str) -> tuple[float, float]:
+    """(milliseconds per CFG-pair UNet call, TFLOP/s) at the plan's size, batch 2."""
+    latents = torch.randn((2, 4, size // 8, size // 8), device=device, dtype=ours.dtype)
+    context = torch.randn((2, 77, ours.unet.config.cross_attention_dim), device=device, dtype=ours.dtype)
+    t = torch.tensor([500.0, 500.0], device=device)
+    with torch.inference_mode():
+        for _ in range(3):
+            ours.denoise(latents, t, context)
+        synchronize(torch.device(device))
+        start = time.perf_counter()
+        for _ in range(10):
+            ours.denoise(latents, t, context)
+        synchronize(torch.device(device))
+    seconds = (time.perf_counter() - start) / 10
+    flops = UNET_TFLOP_PER_IMAGE * 2 * (size / 512) ** 2
+    return seconds * 1e3, flops / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="fp16", choices=list(DTYPES))
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--reduced", action="store_true", help="shrunken SD shapes for a CPU dry run")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    diffusers.utils.logging.set_verbosity_error()
+    dtype = DTYPES[args.dtype]
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"device": args.device, "dtype": args.dtype, "size": args.size, "reduced": args.reduced,
+                    "torch": torch.__version__, "diffusers": diffusers.__version__}
+    if args.device == "cuda":
+        report["gpu"] = torch.cuda.get_device_name()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "sd15-random"
+        start = time.perf_counter()
+        build_folder(folder, args.reduced, args.device, dtype)
+        report["build seconds"] = round(time.perf_counter() - start, 1)
+        ours = load_pipeline(str(folder), args.device, dtype)
+        theirs = diffusers.StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype).to(args.device)
+        theirs.set_progress_bar_config(disable=True)
+        report["parity (max abs)"] = parity(ours, theirs, args.size, args.device)
+        if args.device == "cuda":
+            report["sync-free step"] = sync_free(args.device)
+        size = f"{args.size}x{args.size}"
+        plan = build_plan(ROOT / "configs" / "seed-doc.yaml", {"model": str(folder), "size": size})
+        timings: dict[str, list[float]] = {"diffusers loop": [], "schedcmp sequential": [], "schedcmp batched": []}
+        for _ in range(args.repeats):  # interleaved A B C A B C
+            timings["diffusers loop"].append(time_diffusers_loop(theirs, plan, args.size, args.device))
+            for mode in ("sequential", "batched"):
+                mode_plan = build_plan(ROOT / "configs" / "seed-doc.yaml",
+                                       {"model": str(folder), "size": size, "mode": mode})
+                timings[f"schedcmp {mode}"].append(Engine(ours, mode_plan).run().wall_seconds)
+        baseline = statistics.median(timings["diffusers loop"])
+        report["seed-doc plan seconds (median)"] = {
+            name: {"seconds": round(statistics.median(v), 3), "ratio": round(statistics.median(v) / baseline, 3)}
+            for name, v in timings.items()
+        }
+        ms, tflops = unet_tflops(ours, args.size, args.device)
+        report["unet call"] = {"ms per CFG pair": round(ms, 2), "TFLOP/s": round(tflops, 1)}
+    text = json.dumps(report, indent=2)
+    (args.out / "gpu_check.json").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
