@@ -74,7 +74,7 @@ def test_unipc_custom_sigmas_are_refused_like_diffusers() -> None:
 @pytest.mark.parametrize(
     ("name", "options", "match"),
     [
-        (DEIS, {"use_karras_sigmas": True, "use_beta_sigmas": True}, "use_karras_sigmas, use_beta_sigmas"),
+        (DEIS, {"use_karras_sigmas": True, "use_beta_sigmas": True}, "use_karras_sigmas=True and use_beta_sigmas=True"),
         (UNIPC, {"use_exponential_sigmas": True, "use_beta_sigmas": True}, "only one of"),
         (DEIS, {"solver_order": 0}, "solver_order must be a whole number >= 1"),
         (UNIPC, {"solver_type": "rk4"}, "solver_type must be one of 'bh1', 'bh2'"),

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..configuration import ConfigMixin
+from .schedules import check_num_inference_steps
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
@@ -124,6 +125,11 @@ class SchedulerMixin(ConfigMixin):
         if self._step_index is None:
             self._step_index = self._begin_index or 0
         return self._step_index
+
+    def _checked_steps(self, num_inference_steps: object, num_train_timesteps: int | None = None) -> int:
+        """``num_inference_steps`` validated against the training steps in force (the config's unless given)."""
+        maximum = num_train_timesteps or self.config.num_train_timesteps
+        return check_num_inference_steps(type(self).__name__, num_inference_steps, maximum)
 
     def _finish_step(
         self,

@@ -14,25 +14,16 @@ import torch
 
 from ..configuration import register_to_config
 from ..errors import ConfigError
-from .base import SchedulerMixin, SchedulerOutput, randn_tensor
-from .ddpm import (
-    PredictionType,
-    add_noise_vp,
-    alpha_bars_at,
-    check_step_index,
-    dynamic_threshold,
-    training_timesteps,
-    velocity_vp,
-)
-from .schedules import BetaSchedule, check_num_inference_steps, make_betas
+from .base import SchedulerOutput, randn_tensor
+from .schedules import BetaSchedule, make_betas
+from .vp import PredictionType, VPScheduler, alpha_bars_at, check_thresholding, predicted_x0, training_timesteps
 
 
-class DDIMScheduler(SchedulerMixin):
+class DDIMScheduler(VPScheduler):
     """DDIM sampling (Song et al. 2021 eq. 12) with optional stochasticity ``eta`` given to ``step``.
 
-    Steps follow the schedule by counting (see ``SchedulerMixin``): ``step``'s ``timestep`` argument is accepted
-    for diffusers' contract and ignored. Per-step coefficients are computed in float32 by ``set_timesteps``
-    (and once per new ``eta``) exactly as diffusers computes them, and kept as Python floats.
+    Per-step coefficients are computed in float32 by ``set_timesteps`` (and once per new ``eta``) exactly as
+    diffusers computes them, and kept as Python floats.
     """
 
     order = 1
@@ -56,18 +47,13 @@ class DDIMScheduler(SchedulerMixin):
         timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading",
         rescale_betas_zero_snr: bool = False,
     ) -> None:
-        if thresholding and not 0 <= dynamic_thresholding_ratio <= 1:
-            raise ConfigError(
-                f"DDIMScheduler: dynamic_thresholding_ratio must be between 0 and 1, got {dynamic_thresholding_ratio!r}"
-            )
-        self.betas = make_betas(
+        check_thresholding("DDIMScheduler", thresholding, dynamic_thresholding_ratio)
+        betas = make_betas(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
         )
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._set_training_schedule(betas)
         # The alpha-bar "before" t = 0, used by the last step (Song et al. 2021 set it to 1).
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
 
@@ -76,14 +62,10 @@ class DDIMScheduler(SchedulerMixin):
         """False: randomness comes only from the ``eta`` argument of ``step`` (0 by default)."""
         return False
 
-    def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
-        """The model input is x_t itself (Song et al. 2021 eq. 12): returned unchanged."""
-        return sample
-
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Choose the sub-sequence tau of training timesteps (Song et al. 2021 sec. 4.2; Lin et al. 2023 Table 2)."""
         num_train = self.config.num_train_timesteps
-        num_inference_steps = check_num_inference_steps("DDIMScheduler", num_inference_steps, num_train)
+        num_inference_steps = self._checked_steps(num_inference_steps)
         schedule = training_timesteps(
             "DDIMScheduler", self.config.timestep_spacing, num_train, num_inference_steps, self.config.steps_offset
         )
@@ -129,29 +111,22 @@ class DDIMScheduler(SchedulerMixin):
         #   abar_t, abar_prev  alpha-bar at t and at t - T // n (``final_alpha_cumprod`` past the end)
         #   x0_hat, eps_hat    the model's estimates of x_0 and of the noise in x_t
         #   sigma_t            eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
-        if self.num_inference_steps is None:
-            raise ConfigError("DDIMScheduler: call set_timesteps before step")
-        i = self._current_step_index()
-        check_step_index("DDIMScheduler", i, len(self._sqrt_alpha_bar))
-        config = self.config
+        self._require_timesteps()
+        i = self._step_in_schedule(len(self._sqrt_alpha_bar))
+        kind = self.config.prediction_type
         sqrt_alpha_bar, sqrt_beta_bar = self._sqrt_alpha_bar[i], self._sqrt_beta_bar[i]
 
         # 1. x0_hat and eps_hat from the model output ("predicted x_0" of eq. 12; v: Salimans & Ho 2022)
-        if config.prediction_type == "epsilon":
-            x0 = (sample - sqrt_beta_bar * model_output) / sqrt_alpha_bar
+        x0 = predicted_x0(kind, model_output, sample, sqrt_alpha_bar, sqrt_beta_bar)
+        if kind == "epsilon":
             eps = model_output
-        elif config.prediction_type == "sample":
-            x0 = model_output
+        elif kind == "sample":
             eps = (sample - sqrt_alpha_bar * x0) / sqrt_beta_bar
         else:
-            x0 = sqrt_alpha_bar * sample - sqrt_beta_bar * model_output
             eps = sqrt_alpha_bar * model_output + sqrt_beta_bar * sample
 
         # 2. keep x0_hat in range: dynamic thresholding (Imagen sec. 2.3) or plain clipping
-        if config.thresholding:
-            x0 = dynamic_threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
-        elif config.clip_sample:
-            x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+        x0 = self._bounded_x0(x0)
 
         # 3. sigma_t (eq. 16) and the weight of the direction term, precomputed per eta
         std, direction = self._eta_coefficients(eta)
@@ -173,15 +148,8 @@ class DDIMScheduler(SchedulerMixin):
                 )
             prev_sample = prev_sample + std[i] * variance_noise
 
-        self._step_index = i + 1
-        if not return_dict:
-            return prev_sample, x0
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward diffusion q(x_t | x_0), Song et al. 2021 eq. 4."""
-        return add_noise_vp(self.alphas_cumprod, original_samples, noise, timesteps)
+        return self._finish_step(i, prev_sample, x0, return_dict)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction training target, Salimans & Ho 2022 sec. 4."""
-        return velocity_vp(self.alphas_cumprod, sample, noise, timesteps)
+        return self._velocity(sample, noise, timesteps)

@@ -2,12 +2,10 @@
 
 Learned variances follow Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models"
 (arXiv:2102.09672); dynamic thresholding follows Saharia et al. 2022, Imagen (arXiv:2205.11487) sec. 2.3.
-This module also holds the alpha-bar helpers DDIM and PNDM share (forward noising, velocity, thresholding).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -16,115 +14,19 @@ import torch
 
 from ..configuration import register_to_config
 from ..errors import ConfigError
-from .base import SchedulerMixin, SchedulerOutput, randn_tensor
-from .schedules import (
-    TimestepSpacing,
-    check_num_inference_steps,
-    make_betas,
-    rescale_zero_terminal_snr,
-    spaced_timesteps,
-)
+from .base import SchedulerOutput, randn_tensor
+from .schedules import TimestepSpacing, make_betas
+from .vp import PredictionType, VPScheduler, alpha_bars_at, check_thresholding, predicted_x0, training_timesteps
 
-PredictionType = Literal["epsilon", "sample", "v_prediction"]
 VarianceType = Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"]
 LEARNED_VARIANCES = ("learned", "learned_range")
 
 
-def laplace_betas(num_train_timesteps: int, max_beta: float = 0.999) -> torch.Tensor:
-    """Betas of the Laplace schedule (Hang & Gu 2024): alpha-bar = sqrt(snr / (1 + snr)), log-snr Laplace in t."""
-
-    def alpha_bar(t: float) -> float:
-        log_snr = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
-        snr = math.exp(log_snr)
-        return math.sqrt(snr / (1 + snr))
-
-    n = num_train_timesteps
-    betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)]
-    return torch.tensor(betas, dtype=torch.float32)
-
-
-def training_timesteps(
-    owner: str, spacing: str, num_train_timesteps: int, num_inference_steps: int, steps_offset: int
-) -> np.ndarray:
-    """Descending int64 timesteps of the DDPM family (``linspace`` rounded to whole timesteps), Lin et al. Table 2."""
-    timesteps = spaced_timesteps(spacing, num_train_timesteps, num_inference_steps, steps_offset)
-    if spacing == "linspace":
-        timesteps = timesteps.round()
-    timesteps = timesteps.astype(np.int64)
-    check_timesteps_in_range(owner, timesteps, num_train_timesteps, spacing, steps_offset)
-    return timesteps
-
-
-def check_timesteps_in_range(
-    owner: str, timesteps: np.ndarray, num_train_timesteps: int, spacing: str, steps_offset: int
-) -> None:
-    """Refuse a schedule that reaches outside 0..T-1 (diffusers fails later with an IndexError in ``step``)."""
-    outside = timesteps[(timesteps < 0) | (timesteps >= num_train_timesteps)]
-    if outside.size:
-        raise ConfigError(
-            f"{owner}: {len(timesteps)} timesteps with timestep_spacing={spacing!r} and steps_offset={steps_offset} "
-            f"reach timestep {int(outside[0])}, outside the training range 0..{num_train_timesteps - 1}; "
-            "use fewer steps, steps_offset=0 or timestep_spacing='trailing'"
-        )
-
-
-def alpha_bars_at(alphas_cumprod: torch.Tensor, timesteps: np.ndarray, before_start: torch.Tensor) -> torch.Tensor:
-    """alpha-bar at each timestep (float32); a negative timestep (past the last step) gets ``before_start``."""
-    t = torch.from_numpy(np.asarray(timesteps, dtype=np.int64))
-    return torch.where(t >= 0, alphas_cumprod[t.clamp(min=0)], before_start.to(torch.float32))
-
-
-def _alpha_bar_factors(
-    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    alphas_cumprod = alphas_cumprod.to(device=like.device, dtype=like.dtype)
-    alpha_bar = alphas_cumprod[timesteps.to(like.device)].flatten()  # [B]
-    shape = (-1,) + (1,) * (like.ndim - 1)  # [B, 1, ..., 1] broadcasts over the sample dimensions
-    return (alpha_bar**0.5).reshape(shape), ((1 - alpha_bar) ** 0.5).reshape(shape)
-
-
-def add_noise_vp(
-    alphas_cumprod: torch.Tensor, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-) -> torch.Tensor:
-    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, Ho et al. 2020 eq. 4 (in the samples' dtype, like diffusers)."""
-    sqrt_alpha_bar, sqrt_one_minus = _alpha_bar_factors(alphas_cumprod, timesteps, original_samples)
-    return sqrt_alpha_bar * original_samples + sqrt_one_minus * noise
-
-
-def velocity_vp(
-    alphas_cumprod: torch.Tensor, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-) -> torch.Tensor:
-    """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x_0, Salimans & Ho 2022 sec. 4 (the v-prediction target)."""
-    sqrt_alpha_bar, sqrt_one_minus = _alpha_bar_factors(alphas_cumprod, timesteps, sample)
-    return sqrt_alpha_bar * noise - sqrt_one_minus * sample
-
-
-def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Imagen dynamic thresholding (Saharia et al. 2022 sec. 2.3): per sample, clamp x0 to [-s, s] and divide by s."""
-    dtype = x0.dtype
-    batch, channels, *rest = x0.shape
-    flat = x0.reshape(batch, channels * math.prod(rest))  # [B, C*H*W]
-    if dtype not in (torch.float32, torch.float64):
-        flat = flat.float()  # quantile needs fp32 and CPU clamp has no fp16 kernel (diffusers upcasts too)
-    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)  # [B, 1]
-    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)
-
-
-def check_step_index(owner: str, index: int, num_steps: int) -> None:
-    """Refuse a ``step`` past the end of the schedule set by the last ``set_timesteps``."""
-    if index >= num_steps:
-        raise ConfigError(
-            f"{owner}: step {index + 1} called but the schedule has {num_steps} steps; "
-            "call set_timesteps again to start a new sampling loop"
-        )
-
-
-class DDPMScheduler(SchedulerMixin):
+class DDPMScheduler(VPScheduler):
     """Ancestral DDPM sampling: each step draws x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat).
 
-    Steps follow the schedule by counting (see ``SchedulerMixin``): ``step``'s ``timestep`` argument is accepted
-    for diffusers' contract and ignored. All per-step coefficients are computed in float32 by ``set_timesteps``
-    exactly as diffusers computes them and kept as Python floats.
+    The posterior coefficients of every step (eq. 7) are computed in float32 by ``set_timesteps`` exactly as
+    diffusers computes them and kept as Python floats; learned variances follow Nichol & Dhariwal 2021.
     """
 
     order = 1
@@ -148,23 +50,11 @@ class DDPMScheduler(SchedulerMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ) -> None:
-        if thresholding and not 0 <= dynamic_thresholding_ratio <= 1:
-            raise ConfigError(
-                f"DDPMScheduler: dynamic_thresholding_ratio must be between 0 and 1, got {dynamic_thresholding_ratio!r}"
-            )
-        if trained_betas is None and beta_schedule == "sigmoid":
-            self.betas = (
-                torch.sigmoid(torch.linspace(-6, 6, num_train_timesteps)) * (beta_end - beta_start) + beta_start
-            )
-        elif trained_betas is None and beta_schedule == "laplace":
-            self.betas = laplace_betas(num_train_timesteps)
-        else:
-            self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        if rescale_betas_zero_snr:
-            self.betas = rescale_zero_terminal_snr(self.betas)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.init_noise_sigma = 1.0
+        check_thresholding("DDPMScheduler", thresholding, dynamic_thresholding_ratio)
+        betas = make_betas(
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
+        )
+        self._set_training_schedule(betas)
         self.variance_type = variance_type
         self.custom_timesteps = False
         self.num_inference_steps: int | None = None
@@ -175,10 +65,6 @@ class DDPMScheduler(SchedulerMixin):
     def is_stochastic(self) -> bool:
         """True: every step but the last adds fresh Gaussian noise (Ho et al. 2020 Algorithm 2, line 4)."""
         return True
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
-        """The model input is x_t itself (Ho et al. 2020 Algorithm 2): returned unchanged."""
-        return sample
 
     def set_timesteps(
         self,
@@ -196,7 +82,7 @@ class DDPMScheduler(SchedulerMixin):
         else:
             if num_inference_steps is None:
                 raise ConfigError("DDPMScheduler.set_timesteps: pass num_inference_steps or timesteps")
-            num_inference_steps = check_num_inference_steps("DDPMScheduler", num_inference_steps, num_train)
+            num_inference_steps = self._checked_steps(num_inference_steps)
             schedule = training_timesteps(
                 "DDPMScheduler",
                 self.config.timestep_spacing,
@@ -271,8 +157,7 @@ class DDPMScheduler(SchedulerMixin):
         #   beta_t             1 - abar_t / abar_prev, the beta of this (possibly strided) step
         #   x0_hat             the model's estimate of x_0
         #   mu_t, sigma_t      mean and standard deviation of q(x_{t-1} | x_t, x0_hat)
-        i = self._current_step_index()
-        check_step_index("DDPMScheduler", i, len(self._x0_coeff))
+        i = self._step_in_schedule(len(self._x0_coeff))
         config = self.config
 
         # 1. split off the predicted variance of learned-variance models (2C output channels)
@@ -286,18 +171,10 @@ class DDPMScheduler(SchedulerMixin):
             model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
 
         # 2. x0_hat from the model output (eq. 15 for epsilon; Salimans & Ho 2022 for v)
-        if config.prediction_type == "epsilon":
-            x0 = (sample - self._sqrt_beta_bar[i] * model_output) / self._sqrt_alpha_bar[i]
-        elif config.prediction_type == "sample":
-            x0 = model_output
-        else:
-            x0 = self._sqrt_alpha_bar[i] * sample - self._sqrt_beta_bar[i] * model_output
+        x0 = predicted_x0(config.prediction_type, model_output, sample, self._sqrt_alpha_bar[i], self._sqrt_beta_bar[i])
 
         # 3. keep x0_hat in range: dynamic thresholding (Imagen sec. 2.3) or plain clipping
-        if config.thresholding:
-            x0 = dynamic_threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
-        elif config.clip_sample:
-            x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+        x0 = self._bounded_x0(x0)
 
         # 4. posterior mean mu_t(x_t, x0_hat) (eq. 7)
         prev_sample = self._x0_coeff[i] * x0 + self._xt_coeff[i] * sample
@@ -314,15 +191,8 @@ class DDPMScheduler(SchedulerMixin):
             else:
                 prev_sample = prev_sample + self._noise_std[i] * noise
 
-        self._step_index = i + 1
-        if not return_dict:
-            return prev_sample, x0
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward diffusion q(x_t | x_0), Ho et al. 2020 eq. 4."""
-        return add_noise_vp(self.alphas_cumprod, original_samples, noise, timesteps)
+        return self._finish_step(i, prev_sample, x0, return_dict)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction training target, Salimans & Ho 2022 sec. 4."""
-        return velocity_vp(self.alphas_cumprod, sample, noise, timesteps)
+        return self._velocity(sample, noise, timesteps)

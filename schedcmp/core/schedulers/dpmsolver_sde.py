@@ -88,9 +88,7 @@ class DPMSolverSDEScheduler(TwoStageScheduler):
 
     ``timesteps`` interleaves the two stages (t_0, t_mid_0, t_1, t_mid_1, ...): the first stage steps to the
     log-sigma midpoint, the second completes the step with the midpoint's x0; both add Brownian noise, the last
-    step is a plain Euler step to sigma = 0. ``step`` and ``scale_model_input`` follow the schedule by the step
-    counter: their ``timestep`` argument is accepted for diffusers' contract and ignored. Every per-step
-    coefficient is a Python float computed in ``set_timesteps``, so a step makes no host-device synchronisation.
+    step is a plain Euler step to sigma = 0.
 
     Noise differs from diffusers by design: diffusers draws it from a torchsde Brownian tree seeded by
     ``noise_sampler_seed`` and ignores any generator; we draw the same kind of Brownian path (``noise_sampler``,

@@ -23,9 +23,8 @@ from .sigma_space import ChurnTables, SigmaScheduler
 class EDMEulerScheduler(SigmaScheduler):
     """Euler steps for a model preconditioned as in Karras et al. 2022 Table 1 (EDM); timesteps are c_noise.
 
-    ``step`` and ``scale_model_input`` follow the schedule by the step counter: their ``timestep`` argument is
-    accepted for diffusers' contract and ignored. Per-step coefficients are Python floats computed in
-    ``set_timesteps``, so a step makes no host-device synchronisation.
+    Its noise levels come from the EDM config (sigma_min, sigma_max, rho), not from a DDPM training schedule; the
+    preconditioning c_in, c_skip, c_out is computed per step (and per churn setting) as Python floats.
     """
 
     order = 1

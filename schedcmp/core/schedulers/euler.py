@@ -18,7 +18,6 @@ from .base import SchedulerOutput
 from .schedules import (
     BetaSchedule,
     TimestepSpacing,
-    check_num_inference_steps,
     check_sigma_grid_choice,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
@@ -38,9 +37,7 @@ from .sigma_space import (
 class EulerDiscreteScheduler(SigmaScheduler):
     """Euler steps on sigma = sqrt((1 - abar) / abar), optionally churned (Karras et al. 2022 Alg. 2).
 
-    ``step`` and ``scale_model_input`` follow the schedule by the step counter: their ``timestep`` argument is
-    accepted for diffusers' contract and ignored. Per-step coefficients are Python floats computed in
-    ``set_timesteps``, so a step makes no host-device synchronisation.
+    Each churn setting (s_churn, s_tmin, s_tmax) gets its table of per-step Python floats on first use.
     """
 
     order = 1
@@ -124,7 +121,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
             self._install(torch.from_numpy(sigma_arr), torch.from_numpy(timestep_arr), device)
             return
         if timesteps is None:
-            n = check_num_inference_steps(name, num_inference_steps, config.num_train_timesteps)
+            n = self._checked_steps(num_inference_steps)
         else:
             n = len(timesteps)
         self.num_inference_steps = n

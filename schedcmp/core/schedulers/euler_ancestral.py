@@ -13,7 +13,7 @@ import torch
 
 from ..configuration import register_to_config
 from .base import SchedulerOutput, randn_tensor
-from .schedules import BetaSchedule, TimestepSpacing, check_num_inference_steps
+from .schedules import BetaSchedule, TimestepSpacing
 from .sigma_space import (
     SigmaScheduler,
     init_noise_sigma_of,
@@ -27,10 +27,7 @@ from .sigma_space import (
 class EulerAncestralDiscreteScheduler(SigmaScheduler):
     """Ancestral Euler steps on sigma = sqrt((1 - abar) / abar); stochastic (draws noise every step).
 
-    ``step`` and ``scale_model_input`` follow the schedule by the step counter: their ``timestep`` argument is
-    accepted for diffusers' contract and ignored. Per-step coefficients are Python floats computed in
-    ``set_timesteps``, so a step makes no host-device synchronisation. diffusers refuses
-    ``prediction_type='sample'`` only in ``step``; we refuse it when the scheduler is built.
+    diffusers refuses ``prediction_type='sample'`` only in ``step``; we refuse it when the scheduler is built.
     """
 
     order = 1
@@ -74,7 +71,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Spaced timesteps (Lin et al. 2023 Table 2) and their sigmas, linearly interpolated in t."""
         config = self.config
-        n = check_num_inference_steps(type(self).__name__, num_inference_steps, config.num_train_timesteps)
+        n = self._checked_steps(num_inference_steps)
         self.num_inference_steps = n
         timesteps, sigmas, _ = sigma_schedule(config, self.alphas_cumprod, n, respace=False)  # no grids here
         self._install(with_final_sigma(sigmas), torch.from_numpy(timesteps), device)

@@ -31,9 +31,7 @@ class HeunDiscreteScheduler(TwoStageScheduler):
 
     ``timesteps`` interleaves the two stages (t_0, t_1, t_1, t_2, t_2, ...): even counter positions run the Euler
     predictor, odd ones the trapezoidal corrector, so a loop over ``timesteps`` calling ``step`` each time is a
-    full Heun solve. ``step`` and ``scale_model_input`` follow the schedule by the step counter: their
-    ``timestep`` argument is accepted for diffusers' contract and ignored. Every per-step coefficient is a Python
-    float computed in ``set_timesteps``, so a step makes no host-device synchronisation.
+    full Heun solve.
     """
 
     @register_to_config

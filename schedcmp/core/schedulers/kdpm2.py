@@ -22,10 +22,7 @@ class KDPM2DiscreteScheduler(TwoStageScheduler):
     """DPM-Solver-2 (k-diffusion ``sample_dpm_2``) on sigma = sqrt((1 - abar) / abar): two model calls per step.
 
     ``timesteps`` interleaves the two stages (t_0, t_mid_0, t_1, t_mid_1, ...): even counter positions take the
-    Euler half step to the midpoint noise level, odd ones the full step with the midpoint slope. ``step`` and
-    ``scale_model_input`` follow the schedule by the step counter: their ``timestep`` argument is accepted for
-    diffusers' contract and ignored. Every per-step coefficient is a Python float computed in ``set_timesteps``,
-    so a step makes no host-device synchronisation.
+    Euler half step to the midpoint noise level, odd ones the full step with the midpoint slope.
     """
 
     _round_karras = True

@@ -23,9 +23,7 @@ class KDPM2AncestralDiscreteScheduler(TwoStageScheduler):
 
     ``timesteps`` interleaves the two stages (t_0, t_mid_0, t_1, t_mid_1, ...): even counter positions take the
     Euler half step towards the midpoint of sigma_i and sigma_down, odd ones the full step to sigma_down followed
-    by noise of std sigma_up drawn from ``generator``. ``step`` and ``scale_model_input`` follow the schedule by
-    the step counter: their ``timestep`` argument is accepted for diffusers' contract and ignored. Every per-step
-    coefficient is a Python float computed in ``set_timesteps``, so a step makes no host-device synchronisation.
+    by noise of std sigma_up drawn from ``generator``.
     """
 
     _round_karras = True

@@ -20,7 +20,6 @@ from .base import SchedulerOutput
 from .schedules import (
     BetaSchedule,
     TimestepSpacing,
-    check_num_inference_steps,
     check_sigma_grid_choice,
     chosen_sigma_grid,
 )
@@ -59,10 +58,8 @@ def lms_coefficients(sigmas: np.ndarray, order: int) -> list[list[float]]:
 class LMSDiscreteScheduler(SigmaScheduler):
     """Linear multistep sampler on sigma = sqrt((1 - abar) / abar), up to 4th order by default.
 
-    ``step`` and ``scale_model_input`` follow the schedule by the step counter: their ``timestep`` argument is
-    accepted for diffusers' contract and ignored. The multistep weights for every step are computed once per
-    schedule (per ``order``), so a step makes no host-device synchronisation. Like diffusers, ``step`` computes in
-    the dtype of its inputs (no float32 upcast).
+    The multistep weights for every step are computed once per schedule (per ``order``). Like diffusers, ``step``
+    computes in the dtype of its inputs (no float32 upcast).
     """
 
     order = 1
@@ -95,7 +92,7 @@ class LMSDiscreteScheduler(SigmaScheduler):
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Spaced timesteps (Lin et al. 2023 Table 2) to sigmas, optionally respaced; LMS weights for orders 1-4."""
         config = self.config
-        n = check_num_inference_steps(type(self).__name__, num_inference_steps, config.num_train_timesteps)
+        n = self._checked_steps(num_inference_steps)
         self.num_inference_steps = n
         # diffusers' LMS bounds karras by the schedule alone, but exponential / beta by a `sigma_min` /
         # `sigma_max` config entry when one exists (e.g. a hidden key kept from another class's config).

@@ -15,9 +15,9 @@ import torch
 
 from ..configuration import register_to_config
 from ..errors import ConfigError
-from .base import SchedulerMixin, SchedulerOutput
-from .ddpm import add_noise_vp, alpha_bars_at, check_step_index, check_timesteps_in_range
-from .schedules import BetaSchedule, TimestepSpacing, check_num_inference_steps, make_betas, spaced_timesteps
+from .base import SchedulerOutput
+from .schedules import BetaSchedule, TimestepSpacing, make_betas
+from .vp import VPScheduler, alpha_bars_at, check_timesteps_in_range, training_timesteps
 
 
 class _Stage(NamedTuple):
@@ -31,12 +31,11 @@ class _Stage(NamedTuple):
     sqrt_beta_bar: float  # sqrt(1 - abar_t), for v-prediction
 
 
-class PNDMScheduler(SchedulerMixin):
+class PNDMScheduler(VPScheduler):
     """Pseudo numerical sampling (Liu et al. 2022): PRK warm-up then fourth-order PLMS (F-PNDM), or PLMS alone.
 
-    Steps follow the schedule by counting (see ``SchedulerMixin``): ``step``'s ``timestep`` argument is accepted
-    for diffusers' contract and ignored. ``set_timesteps`` (and ``set_begin_index``) lays out every model call's
-    stage and float32 coefficients as diffusers' ``counter`` / ``ets`` / ``cur_sample`` bookkeeping would.
+    ``set_timesteps`` (and ``set_begin_index``) lays out every model call's stage and float32 coefficients as
+    diffusers' ``counter`` / ``ets`` / ``cur_sample`` bookkeeping would.
     """
 
     order = 1
@@ -56,11 +55,8 @@ class PNDMScheduler(SchedulerMixin):
         timestep_spacing: TimestepSpacing = "leading",
         steps_offset: int = 0,
     ) -> None:
-        self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._set_training_schedule(make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas))
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
         self.timesteps: torch.Tensor | None = None
         self.prk_timesteps: np.ndarray | None = None
@@ -74,23 +70,17 @@ class PNDMScheduler(SchedulerMixin):
         """False: PNDM is a deterministic ODE solver."""
         return False
 
-    def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
-        """The model input is x_t itself (Liu et al. 2022 eq. 9): returned unchanged."""
-        return sample
-
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Lay out the PRK warm-up calls and the PLMS steps of F-PNDM (Liu et al. 2022 sec. 3)."""
         num_train = self.config.num_train_timesteps
-        n = check_num_inference_steps("PNDMScheduler", num_inference_steps, num_train)
+        n = self._checked_steps(num_inference_steps)
         if not self.config.skip_prk_steps and n < 4:
             raise ConfigError(
                 f"PNDMScheduler: skip_prk_steps=False needs num_inference_steps >= 4 for its three Runge-Kutta "
                 f"warm-up steps, got {n}; use more steps or skip_prk_steps=True"
             )
-        ascending = spaced_timesteps(self.config.timestep_spacing, num_train, n, self.config.steps_offset)[::-1]
-        if self.config.timestep_spacing == "linspace":
-            ascending = ascending.round()
-        ascending = ascending.astype(np.int64)
+        spacing, offset = self.config.timestep_spacing, self.config.steps_offset
+        ascending = training_timesteps("PNDMScheduler", spacing, num_train, n, offset)[::-1]
         if self.config.skip_prk_steps:
             # PLMS start: the second-to-last timestep is visited twice (one step, then its Heun-like redo).
             self.prk_timesteps = np.zeros(0, dtype=np.int64)
@@ -181,10 +171,8 @@ class PNDMScheduler(SchedulerMixin):
         #   e_k           model outputs (eps; v is converted inside phi), newest e_1
         #   x_t           the sample the transfer starts from (block start for RK stages and the PLMS redo)
         #   phi(x, e)     sqrt(abar_prev / abar_t) x - (abar_prev - abar_t) e / denominator   (eq. 9)
-        if self.num_inference_steps is None:
-            raise ConfigError("PNDMScheduler: call set_timesteps before step")
-        i = self._current_step_index()
-        check_step_index("PNDMScheduler", i, len(self._stages))
+        self._require_timesteps()
+        i = self._step_in_schedule(len(self._stages))
         stage = self._stages[i]
         base = sample
 
@@ -224,11 +212,4 @@ class PNDMScheduler(SchedulerMixin):
         # 3. transfer x_t -> x_{t - delta} with phi (eq. 9)
         prev_sample = stage.sample_coeff * base - stage.eps_numerator * eps / stage.eps_denominator
 
-        self._step_index = i + 1
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward diffusion q(x_t | x_0) (Ho et al. 2020 eq. 4), the process PNDM inverts."""
-        return add_noise_vp(self.alphas_cumprod, original_samples, noise, timesteps)
+        return self._finish_step(i, prev_sample, return_dict=return_dict)

@@ -21,7 +21,6 @@ from ..errors import ConfigError
 from .base import SchedulerMixin, randn_tensor
 from .schedules import (
     alphas_cumprod_of,
-    check_num_inference_steps,
     check_sigma_grid_choice,
     chosen_sigma_grid,
     make_betas,
@@ -210,7 +209,8 @@ class SigmaScheduler(SchedulerMixin):
     """Base of the schedulers on sigma: input scaling, x0 recovery and ``add_noise`` of Karras et al. 2022 Table 1.
 
     ``set_timesteps`` calls ``_set_model_sigmas`` with the noise level the model sees at each model call; ``step``
-    recovers x0 with ``_predicted_x0``. Both read the step counter, never the ``timestep`` argument.
+    recovers x0 with ``_predicted_x0``. ``step`` and ``scale_model_input`` read the step counter (see
+    ``SchedulerMixin``), never their ``timestep`` argument, and every per-step coefficient is a Python float.
     """
 
     sigmas: torch.Tensor
@@ -273,11 +273,6 @@ class TwoStageScheduler(SigmaScheduler):
         """Spaced timesteps (Lin et al. 2023 Table 2, over ``num_train_timesteps`` if given), stages interleaved."""
         n = self._checked_steps(num_inference_steps, num_train_timesteps)
         self._build(n, device, num_train_timesteps, respace=True)
-
-    def _checked_steps(self, num_inference_steps: object, num_train_timesteps: int | None) -> int:
-        """``num_inference_steps`` validated against the training steps in force (``set_timesteps``' argument)."""
-        maximum = num_train_timesteps or self.config.num_train_timesteps
-        return check_num_inference_steps(type(self).__name__, num_inference_steps, maximum)
 
     def _build(
         self,

@@ -17,28 +17,19 @@ import torch
 from ..configuration import register_to_config
 from ..errors import ConfigError
 from .base import SchedulerMixin, SchedulerOutput
-from .deis import (
-    PredictionType,
-    check_multistep_options,
-    multistep_schedule,
-    reject_flow_options,
-    threshold_sample,
-    vp_add_noise,
-    vp_alpha_sigma,
-)
-from .schedules import BetaSchedule, TimestepSpacing, check_num_inference_steps, make_betas
+from .multistep import MultistepScheduler
+from .schedules import BetaSchedule, TimestepSpacing
+from .vp import SolverPredictionType, reject_flow_options
 
 # Per step: (A, B, w, z) for x_next = A x - B m0 - sum_k w_k (m_k - m0) - z, where the corrector's last weight is
 # that of (m_new - m0) and z is diffusers' C(h) * 0 (NaN when C(h) is infinite). None where the solve is singular.
 Coefficients = tuple[float, float, list[float], float] | None
 
 
-class UniPCMultistepScheduler(SchedulerMixin):
+class UniPCMultistepScheduler(MultistepScheduler):
     """UniPC (UniP-p predictor + UniC-p corrector) with B(h) variants bh1 / bh2, in data or noise prediction.
 
-    ``step`` follows the schedule by counting (see ``SchedulerMixin``): its ``timestep`` argument is accepted for
-    diffusers' contract but never looked up. ``disable_corrector`` lists step indices whose output is not
-    corrected by the following step.
+    ``disable_corrector`` lists step indices whose output is not corrected by the following step.
     """
 
     order = 1
@@ -52,7 +43,7 @@ class UniPCMultistepScheduler(SchedulerMixin):
         beta_schedule: BetaSchedule = "linear",
         trained_betas: np.ndarray | list[float] | None = None,
         solver_order: int = 2,
-        prediction_type: PredictionType = "epsilon",
+        prediction_type: SolverPredictionType = "epsilon",
         thresholding: bool = False,
         dynamic_thresholding_ratio: float = 0.995,
         sample_max_value: float = 1.0,
@@ -76,52 +67,19 @@ class UniPCMultistepScheduler(SchedulerMixin):
         sigma_max: float | None = None,
         shift_terminal: float | None = None,
     ) -> None:
-        name = type(self).__name__
-        check_multistep_options(name, solver_order, use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
-        reject_flow_options(
-            name,
-            use_flow_sigmas=(use_flow_sigmas, False),
-            flow_shift=(flow_shift, 1.0),
-            use_dynamic_shifting=(use_dynamic_shifting, False),
-            shift_terminal=(shift_terminal, None),
-            solver_p=(solver_p, None),
-        )
+        self._setup(rescale_betas_zero_snr, shift_terminal=(shift_terminal, None), solver_p=(solver_p, None))
         if not predict_x0 and prediction_type == "flow_prediction":
             raise ConfigError(
-                f"{name}: prediction_type='flow_prediction' needs predict_x0=True; with predict_x0=False use "
-                "'epsilon', 'sample' or 'v_prediction'"
+                f"{type(self).__name__}: prediction_type='flow_prediction' needs predict_x0=True; with "
+                "predict_x0=False use 'epsilon', 'sample' or 'v_prediction'"
             )
         # diffusers quirk: other solvers' names are accepted and replaced by bh2.
         if solver_type not in ("bh1", "bh2"):
             self.register_to_config(solver_type="bh2")
         self.disable_corrector = frozenset(disable_corrector)
         self.predict_x0 = predict_x0
-
-        # Read by every step: cached here, since the config is frozen and a property lookup costs microseconds.
-        self._solver_order = solver_order
-        self._prediction_type = prediction_type
-        self._threshold = (dynamic_thresholding_ratio, sample_max_value) if thresholding else None
-        self.betas = make_betas(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
-        )
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        if rescale_betas_zero_snr:
-            # diffusers quirk: a tiny terminal alpha-bar instead of 0, so the first sigma stays finite.
-            self.alphas_cumprod[-1] = 2**-24
-        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        self.init_noise_sigma = 1.0
-        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.float32)
-        self.num_inference_steps: int | None = None
-        self.model_outputs: list[torch.Tensor] = []
-        self.lower_order_nums = 0
         self.last_sample: torch.Tensor | None = None
         self.this_order = 0
-
-    @property
-    def is_stochastic(self) -> bool:
-        """UniPC integrates the probability-flow ODE: no noise is drawn."""
-        return False
 
     def set_timesteps(
         self,
@@ -138,15 +96,9 @@ class UniPCMultistepScheduler(SchedulerMixin):
                 f"{name}: custom sigmas are only accepted with use_flow_sigmas=True (diffusers' rule), and "
                 "flow-matching models are not supported by schedcmp; pass num_inference_steps instead"
             )
-        n = check_num_inference_steps(name, num_inference_steps, self.config.num_train_timesteps)
-        final_zero = self.config.final_sigmas_type == "zero"
-        timesteps, sigma_grid = multistep_schedule(self.config, self.alphas_cumprod, n, final_sigma_zero=final_zero)
-        self.sigmas = torch.from_numpy(sigma_grid)
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
-        self.num_inference_steps = n = len(timesteps)
-
-        alpha, sigma_t = vp_alpha_sigma(self.sigmas)  # [n + 1] float32, as diffusers computes them
-        self._alpha, self._sigma, self._sigma_t = alpha.tolist(), self.sigmas.tolist(), sigma_t.tolist()
+        final = "zero" if self.config.final_sigmas_type == "zero" else "schedule_min"
+        alpha, sigma_t = self._place_timesteps(num_inference_steps, device, final=final)
+        n = self.num_inference_steps
         self._predictor: dict[int, list[Coefficients]] = {}
         self._corrector: dict[int, list[Coefficients]] = {}
         for p in range(1, min(self._solver_order, n) + 1):
@@ -154,11 +106,8 @@ class UniPCMultistepScheduler(SchedulerMixin):
 
         order, low_final = self._solver_order, self.config.lower_order_final
         self._max_order = [min(order, n - i) if low_final else order for i in range(n)]
-        self.model_outputs = []
-        self.lower_order_nums = 0
         self.last_sample = None
         self._last_dtype = torch.float32
-        self._reset_step_counter()
 
     def _unipc_coefficients(
         self, alpha: torch.Tensor, sigma_t: torch.Tensor, p: int
@@ -214,25 +163,11 @@ class UniPCMultistepScheduler(SchedulerMixin):
             corrector.append((ai, bi, cw, 0.0) if okc else None)
         return predictor, corrector
 
-    def scale_model_input(self, sample: torch.Tensor, timestep: torch.Tensor | float | None = None) -> torch.Tensor:
-        """UniPC works on the unscaled sample (VP parametrisation): returned unchanged."""
-        return sample
-
     def _convert(self, model_output: torch.Tensor, sample: torch.Tensor, i: int) -> torch.Tensor:
         """The model output as x0 (``predict_x0``, thresholded if asked) or as epsilon (Zhao et al. 2023 Sec. 2)."""
-        kind, alpha_t, sigma_t = self._prediction_type, self._alpha[i], self._sigma_t[i]
         if self.predict_x0:
-            if kind == "epsilon":
-                x0 = (sample - sigma_t * model_output) / alpha_t
-            elif kind == "sample":
-                x0 = model_output
-            elif kind == "v_prediction":
-                x0 = alpha_t * sample - sigma_t * model_output
-            else:  # flow_prediction, with the raw noise-to-signal ratio as diffusers does
-                x0 = sample - self._sigma[i] * model_output
-            if self._threshold is not None:
-                x0 = threshold_sample(x0, *self._threshold)
-            return x0
+            return self._x0(model_output, sample, i)
+        kind, alpha_t, sigma_t = self._prediction_type, self._alpha[i], self._sigma_t[i]
         if kind == "epsilon":
             return model_output
         if kind == "sample":
@@ -257,11 +192,8 @@ class UniPCMultistepScheduler(SchedulerMixin):
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
         """One UniPC step: UniC-p corrects x_i with the new output, UniP-p predicts x_{i+1} (Zhao et al. 2023)."""
-        if self.num_inference_steps is None:
-            raise ConfigError(f"{type(self).__name__}: call set_timesteps before step")
-        i = self._current_step_index()
-        if i >= self.num_inference_steps:
-            raise ConfigError(f"{type(self).__name__}: step called more than {self.num_inference_steps} times")
+        self._require_timesteps()
+        i = self._step_in_schedule(self.num_inference_steps)
         # Notation (lambda = log(alpha_t / sigma_t), h = lambda_{i+1} - lambda_i):
         #   x_i     -> `sample` (predicted by the previous step), x_{i+1} -> `prev_sample`
         #   m_i     -> the converted model output at step i (x0 if predict_x0, else epsilon)
@@ -287,7 +219,7 @@ class UniPCMultistepScheduler(SchedulerMixin):
         # 3. remember m_new; the order is lowered while warming up and, optionally, for the last steps
         self.model_outputs.append(m_new)
         del self.model_outputs[: -self._solver_order]
-        self.this_order = p = min(self._max_order[i], self.lower_order_nums + 1)
+        self.this_order = p = self._next_order(i)
         self.last_sample, self._last_dtype = x, out_dtype
 
         # 4. UniP-p (Sec. 3.2): x_{i+1} from x_i and the last p outputs, rho_p solving R_{p-1} rho_p = g / B(h)
@@ -298,13 +230,4 @@ class UniPCMultistepScheduler(SchedulerMixin):
         if zero_term != 0.0:  # NaN only: see _unipc_coefficients
             prev_sample -= zero_term
 
-        self.lower_order_nums = min(self.lower_order_nums + 1, self._solver_order)
-        self._step_index = i + 1
-        prev_sample = prev_sample.to(out_dtype)
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward process q(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) at schedule timesteps (Ho et al. 2020 eq. 4)."""
-        return vp_add_noise(self, original_samples, noise, timesteps)
+        return self._step_taken(i, prev_sample, out_dtype, return_dict)
