@@ -3,73 +3,47 @@ return forms, dtypes and the no-host-sync guarantee (a whole loop on the ``meta`
 
 from __future__ import annotations
 
-import inspect
-import re
-import warnings
-
-import diffusers
 import pytest
 import torch
+from scheduler_testing import (
+    SHAPE,
+    add_noise_both,
+    assert_step_count_errors,
+    assert_traces_close,
+    our_scheduler,
+    pair,
+    run_on_meta,
+    seeded_normal,
+    takes_generator,
+)
 
 import schedcmp.core as core
 from schedcmp.core.errors import ConfigError
 
-SD15 = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "skip_prk_steps": True,
-}
 NAMES = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler")
-SHAPE = (2, 4, 8, 8)
-
-
-def pair(name: str, **options: object) -> tuple[object, object]:
-    """(ours, diffusers') built from the SD 1.5 config plus ``options``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ours = getattr(core, name).from_config({**SD15, **options})
-    theirs = getattr(diffusers, name).from_config({**SD15, **options})
-    return ours, theirs
 
 
 def loop(scheduler: object, timesteps: torch.Tensor, dtype: torch.dtype = torch.float32, **kwargs: object) -> list:
     """Step through ``timesteps`` with seeded model outputs and noise; returns every step's output tuple."""
-    generator = torch.Generator().manual_seed(7)
-    sample = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)).to(dtype)
+    if takes_generator(scheduler):
+        kwargs = {**kwargs, "generator": torch.Generator().manual_seed(7)}
+    sample = seeded_normal(SHAPE, 0).to(dtype)
     outputs = []
     for index, t in enumerate(timesteps):
-        model_output = torch.randn(SHAPE, generator=torch.Generator().manual_seed(index)).to(dtype)
-        step_kwargs = dict(kwargs)
-        if "generator" in inspect.signature(scheduler.step).parameters:
-            step_kwargs["generator"] = generator
-        out = scheduler.step(model_output, t, scheduler.scale_model_input(sample, t), return_dict=False, **step_kwargs)
+        model_output = seeded_normal(SHAPE, index).to(dtype)
+        out = scheduler.step(model_output, t, scheduler.scale_model_input(sample, t), return_dict=False, **kwargs)
         sample = out[0]
         outputs.append(out)
     return outputs
 
 
 def assert_same(ours: list, theirs: list) -> None:
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs, strict=True):
-        assert len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            assert x.dtype == y.dtype
-            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    assert_traces_close(ours, theirs, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_step_count_errors(name: str) -> None:
-    ours, _ = pair(name)
-    with pytest.raises(ConfigError, match=re.escape(f"{name}: num_inference_steps must be between 1 and 1000")) as e:
-        ours.set_timesteps(0)
-    assert str(e.value) == f"{name}: num_inference_steps must be between 1 and 1000 (num_train_timesteps), got 0"
-    with pytest.raises(ConfigError) as e:
-        ours.set_timesteps(1001)
-    assert str(e.value) == f"{name}: num_inference_steps must be between 1 and 1000 (num_train_timesteps), got 1001"
+    assert_step_count_errors(our_scheduler(name))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -137,10 +111,9 @@ def test_ddpm_steps_without_set_timesteps_like_diffusers() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_add_noise_matches_diffusers(name: str) -> None:
     ours, theirs = pair(name)
-    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([0, 500, 999])
-    assert torch.equal(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
+    assert torch.equal(*add_noise_both(ours, theirs, t))
+    x0, noise = seeded_normal((3, *SHAPE[1:]), 1), seeded_normal((3, *SHAPE[1:]), 2)
     assert ours.add_noise(x0.half(), noise.half(), t).dtype == torch.float16
     if hasattr(theirs, "get_velocity"):
         assert torch.equal(ours.get_velocity(x0, noise, t), theirs.get_velocity(x0, noise, t))
@@ -236,13 +209,5 @@ def test_begin_index_matches_diffusers_on_the_tail_of_the_schedule(name: str, op
     ],
 )
 def test_no_host_sync_loop_on_meta(name: str, options: dict, step_kwargs: dict) -> None:
-    # meta tensors hold no data: any .item(), nonzero, tensor -> Python conversion or data-dependent branch raises
-    ours, _ = pair(name, **options)
-    ours.set_timesteps(12, device="meta")
-    assert ours.timesteps.device.type == "meta"
     channels = 8 if options.get("variance_type") == "learned_range" else 4
-    sample = torch.empty(SHAPE, device="meta")
-    for t in ours.timesteps:
-        model_output = torch.empty((SHAPE[0], channels, *SHAPE[2:]), device="meta")
-        sample = ours.step(model_output, t, ours.scale_model_input(sample, t), **step_kwargs).prev_sample
-    assert sample.device.type == "meta" and sample.shape == SHAPE
+    run_on_meta(our_scheduler(name, **options), 12, out_channels=channels, **step_kwargs)

@@ -5,62 +5,42 @@ from __future__ import annotations
 
 import itertools
 
-import diffusers
 import pytest
 import test_scheduler_parity as parity
 import torch
-from scheduler_cases import BASE_CONFIGS, Case
+from scheduler_cases import Case
+from scheduler_testing import (
+    SHAPE,
+    assert_position_add_noise_matches,
+    assert_prev_sample_only,
+    assert_samples_close,
+    assert_step_count_errors,
+    pair,
+    run_on_meta,
+    seeded_normal,
+)
+from scheduler_testing import sample_loop as seeded_loop
 
 from schedcmp.core import ConfigError, DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler
 
 MULTI, SINGLE = "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"
 RULES = ("midpoint", "heun")
 OURS = {MULTI: DPMSolverMultistepScheduler, SINGLE: DPMSolverSinglestepScheduler}
-SD15 = {k: v for k, v in BASE_CONFIGS["sd15"].items() if not k.startswith("_")}
 
 
-def pair(name: str, **options: object) -> tuple[object, object]:
-    """(ours, diffusers') scheduler of class ``name`` for the sd15 config plus ``options``."""
-    config = {**SD15, **options}
-    return OURS[name].from_config(config), getattr(diffusers, name).from_config(config)
+def sample_loop(scheduler, steps=None, *, shape=SHAPE, out_channels=None, dtype=torch.float32, **kwargs):
+    """A short loop whose model outputs are seeded normal draws (``out_channels`` of them); every prev_sample."""
 
+    def model(sample: torch.Tensor, i: int) -> torch.Tensor:
+        return seeded_normal((shape[0], out_channels or shape[1], *shape[2:]), 100 + i).to(dtype)
 
-def sample_loop(scheduler, steps=None, *, begin=0, shape=(2, 4, 8, 8), out_channels=None, dtype=torch.float32,
-                noises=None, **set_kwargs) -> list[torch.Tensor]:
-    """A short loop with seeded inputs; returns every prev_sample."""
-    scheduler.set_timesteps(steps, **set_kwargs)
-    if begin:
-        scheduler.set_begin_index(begin)
-    sample = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
-    generator = torch.Generator().manual_seed(1234)
-    out = []
-    for i, t in enumerate(scheduler.timesteps[begin:]):
-        g = torch.Generator().manual_seed(100 + i)
-        model_output = torch.randn((shape[0], out_channels or shape[1], *shape[2:]), generator=g).to(dtype)
-        kwargs = {"variance_noise": noises[i]} if noises is not None else {"generator": generator}
-        sample = scheduler.step(model_output, t, scheduler.scale_model_input(sample, t), **kwargs).prev_sample
-        out.append(sample)
-    return out
-
-
-def assert_same(ours: list[torch.Tensor], theirs: list[torch.Tensor], rtol: float = 1e-5) -> None:
-    """Same dtypes, and values equal within ``rtol`` of the reference's largest magnitude at every step."""
-    assert len(ours) == len(theirs)
-    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-        assert a.dtype == b.dtype, f"step {i}: dtype {a.dtype} != {b.dtype}"
-        error = (a.double() - b.double()).abs().max().item()
-        assert error <= rtol * b.double().abs().max().item(), f"step {i}: max abs error {error:.3g}"
+    return seeded_loop(scheduler, steps, model=model, shape=shape, dtype=dtype, **kwargs)
 
 
 @pytest.mark.parametrize("name", [MULTI, SINGLE])
 def test_step_count_errors(name: str) -> None:
     scheduler = OURS[name]()
-    with pytest.raises(ConfigError) as zero:
-        scheduler.set_timesteps(0)
-    assert str(zero.value) == f"{name}: num_inference_steps must be between 1 and 1000 (num_train_timesteps), got 0"
-    with pytest.raises(ConfigError) as many:
-        scheduler.set_timesteps(1001)
-    assert str(many.value) == f"{name}: num_inference_steps must be between 1 and 1000 (num_train_timesteps), got 1001"
+    assert_step_count_errors(scheduler)
     with pytest.raises(ConfigError, match="exactly one of num_inference_steps or timesteps"):
         scheduler.set_timesteps()
     with pytest.raises(ConfigError, match="flow-matching"):
@@ -72,7 +52,7 @@ def test_step_count_errors(name: str) -> None:
 def test_custom_timesteps_match_diffusers(name: str, options: dict) -> None:
     ours, theirs = pair(name, **options)
     custom = [999, 850, 700, 500, 300, 120, 40, 5]
-    assert_same(sample_loop(ours, timesteps=custom), sample_loop(theirs, timesteps=custom))
+    assert_samples_close(sample_loop(ours, timesteps=custom), sample_loop(theirs, timesteps=custom))
     assert torch.equal(ours.timesteps, theirs.timesteps) and ours.timesteps.dtype == torch.int64
     with pytest.raises(ConfigError, match="use_karras_sigmas"):
         OURS[name](use_karras_sigmas=True).set_timesteps(timesteps=custom)
@@ -82,36 +62,18 @@ def test_custom_timesteps_match_diffusers(name: str, options: dict) -> None:
 
 @pytest.mark.parametrize("name", [MULTI, SINGLE])
 def test_add_noise_matches_diffusers(name: str) -> None:
-    ours, theirs = pair(name, use_karras_sigmas=True)
-    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
-    # before set_timesteps diffusers pairs descending timesteps with ascending sigmas; we match it
-    t = torch.tensor([999, 500, 3])
-    torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
-    for s in (ours, theirs):
-        s.set_timesteps(12)
-    t = theirs.timesteps[[0, 5, 11]]
-    torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
-    for s in (ours, theirs):  # img2img: the schedule position comes from begin_index
-        s.set_begin_index(4)
-    torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
+    assert_position_add_noise_matches(*pair(name, use_karras_sigmas=True))
 
 
 @pytest.mark.parametrize("name", [MULTI, SINGLE])
 def test_img2img_start_matches_diffusers(name: str) -> None:
     ours, theirs = pair(name, solver_order=3, final_sigmas_type="sigma_min")
-    assert_same(sample_loop(ours, 12, begin=5), sample_loop(theirs, 12, begin=5))
+    assert_samples_close(sample_loop(ours, 12, begin=5), sample_loop(theirs, 12, begin=5))
 
 
 @pytest.mark.parametrize("name", [MULTI, SINGLE])
 def test_return_dict_false_and_output(name: str) -> None:
-    scheduler = OURS[name]()
-    scheduler.set_timesteps(5)
-    sample = torch.randn(1, 4, 8, 8)
-    result = scheduler.step(torch.randn(1, 4, 8, 8), scheduler.timesteps[0], sample, return_dict=False)
-    assert isinstance(result, tuple) and len(result) == 1 and result[0].shape == sample.shape
-    output = scheduler.step(torch.randn(1, 4, 8, 8), scheduler.timesteps[1], result[0])
-    assert output.pred_original_sample is None  # diffusers returns none for this family
+    assert_prev_sample_only(OURS[name]())
 
 
 def test_is_stochastic() -> None:
@@ -128,20 +90,20 @@ def test_half_precision_dtype_matches_diffusers(name: str, options: dict) -> Non
     ours, theirs = pair(name, **options)
     got, want = sample_loop(ours, 6, dtype=torch.float16), sample_loop(theirs, 6, dtype=torch.float16)
     assert [x.dtype for x in got] == [x.dtype for x in want] == [torch.float16] * 6
-    assert_same(got, want, rtol=1e-2)
+    assert_samples_close(got, want, rtol=1e-2)
 
 
 def test_variance_noise_matches_diffusers() -> None:
     ours, theirs = pair(MULTI, algorithm_type="sde-dpmsolver++")
-    noises = [torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(50 + i)) for i in range(8)]
-    assert_same(sample_loop(ours, 8, noises=noises), sample_loop(theirs, 8, noises=noises))
+    noises = [seeded_normal(SHAPE, 50 + i) for i in range(8)]
+    assert_samples_close(sample_loop(ours, 8, noises=noises), sample_loop(theirs, 8, noises=noises))
 
 
 @pytest.mark.parametrize("name", [MULTI, SINGLE])
 def test_learned_variance_keeps_three_channels_like_diffusers(name: str) -> None:
     ours, theirs = pair(name, variance_type="learned_range")
     shape = (2, 3, 8, 8)  # an RGB pixel-space model predicting mean and variance: 6 output channels
-    assert_same(sample_loop(ours, 5, shape=shape, out_channels=6), sample_loop(theirs, 5, shape=shape, out_channels=6))
+    assert_samples_close(sample_loop(ours, 5, shape=shape, out_channels=6), sample_loop(theirs, 5, shape=shape, out_channels=6))
     with pytest.raises(ConfigError, match="first 3 channels"):
         sample_loop(OURS[name](variance_type="learned"), 5, out_channels=8)
 
@@ -229,11 +191,4 @@ def test_extra_variants_match_diffusers(case: Case) -> None:
     ],
 )
 def test_loop_on_meta_tensors_needs_no_data(name: str, options: dict) -> None:
-    """Meta tensors hold no data: any .item(), nonzero or data-dependent branch in the loop would raise."""
-    scheduler = OURS[name](**options)
-    scheduler.set_timesteps(10, device="meta")
-    sample = torch.empty(2, 4, 8, 8, device="meta")
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(sample, t)
-        sample = scheduler.step(torch.empty(2, 4, 8, 8, device="meta"), t, model_input).prev_sample
-    assert sample.device.type == "meta" and sample.shape == (2, 4, 8, 8)
+    run_on_meta(OURS[name](**options), 10)

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-import inspect
-
-import diffusers
 import pytest
 import torch
+from scheduler_testing import (
+    SD15,
+    SHAPE,
+    add_noise_both,
+    assert_same_dtypes,
+    assert_step_count_errors,
+    assert_traces_close,
+    our_scheduler,
+    run_on_meta,
+    seeded_normal,
+)
+from scheduler_testing import pair as pair_on
+from scheduler_testing import smooth_model as model
+from scheduler_testing import trace_loop as run
 
 import schedcmp.core as core
 from schedcmp.core.errors import ConfigError
 
-SD15 = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
 CONFIGS = {
     "EulerDiscreteScheduler": SD15,
     "EulerAncestralDiscreteScheduler": SD15,
@@ -19,52 +29,16 @@ CONFIGS = {
     "EDMEulerScheduler": {},
 }
 NAMES = list(CONFIGS)
-SHAPE = (2, 4, 8, 8)
 
 
 def pair(name: str, **options: object) -> tuple[object, object]:
-    """Our scheduler and diffusers' from the same config."""
-    config = {**CONFIGS[name], **options}
-    return getattr(core, name).from_config(config), getattr(diffusers, name).from_config(config)
-
-
-def model(sample: torch.Tensor, index: int) -> torch.Tensor:
-    return 0.5 * torch.tanh(sample) + 0.1 * (index + 1)
-
-
-def run(scheduler: object, *, seed: int = 7, dtype: torch.dtype = torch.float32, **step_kwargs: object) -> list:
-    """A full loop; returns (scaled input, prev_sample, pred_original_sample) per step."""
-    generator = torch.Generator().manual_seed(seed)
-    sample = (torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma).to(dtype)
-    trace = []
-    for index, t in enumerate(scheduler.timesteps):
-        model_input = scheduler.scale_model_input(sample, t)
-        kwargs = dict(step_kwargs)
-        if "generator" in inspect.signature(scheduler.step).parameters:
-            kwargs["generator"] = generator
-        prev, pred = scheduler.step(model(model_input, index), t, sample, return_dict=False, **kwargs)
-        trace.append((model_input, prev, pred))
-        sample = prev
-    return trace
-
-
-def assert_traces_close(ours: list, theirs: list) -> None:
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs, strict=True):
-        for x, y in zip(a, b, strict=True):
-            assert x.dtype == y.dtype
-            torch.testing.assert_close(x.float(), y.float(), rtol=1e-5, atol=1e-5 * max(1.0, y.abs().max().item()))
+    """Our scheduler and diffusers' from the same config (EDM Euler from its defaults)."""
+    return pair_on(name, CONFIGS[name], **options)
 
 
 @pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler"])
 def test_step_count_errors(name: str) -> None:
-    scheduler = getattr(core, name).from_config(CONFIGS[name])
-    with pytest.raises(ConfigError) as zero:
-        scheduler.set_timesteps(0)
-    assert str(zero.value) == f"{name}: num_inference_steps must be between 1 and 1000 (num_train_timesteps), got 0"
-    with pytest.raises(ConfigError) as many:
-        scheduler.set_timesteps(1001)
-    assert str(many.value) == f"{name}: num_inference_steps must be between 1 and 1000 (num_train_timesteps), got 1001"
+    assert_step_count_errors(our_scheduler(name))
 
 
 def test_edm_step_counts() -> None:
@@ -124,13 +98,11 @@ def test_add_noise_matches_diffusers(name: str) -> None:
     ours, theirs = pair(name)
     ours.set_timesteps(20)
     theirs.set_timesteps(20)
-    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
-    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
     timesteps = theirs.timesteps[[3, 11]]
-    torch.testing.assert_close(ours.add_noise(x0, noise, timesteps), theirs.add_noise(x0, noise, timesteps))
+    torch.testing.assert_close(*add_noise_both(ours, theirs, timesteps))
     ours.set_begin_index(5)
     theirs.set_begin_index(5)
-    torch.testing.assert_close(ours.add_noise(x0, noise, timesteps), theirs.add_noise(x0, noise, timesteps))
+    torch.testing.assert_close(*add_noise_both(ours, theirs, timesteps))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -139,7 +111,7 @@ def test_return_dict_false_and_output_match(name: str) -> None:
     ours.set_timesteps(6)
     theirs.set_timesteps(6)
     t = ours.timesteps[0]
-    sample = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    sample = seeded_normal(SHAPE, 3)
     output = model(sample, 0)
 
     def seeded() -> dict:
@@ -170,33 +142,17 @@ def test_fp16_output_dtypes_match_diffusers(name: str, prediction_type: str) -> 
     ours, theirs = pair(name, prediction_type=prediction_type)
     ours.set_timesteps(4)
     theirs.set_timesteps(4)
-    for (a_in, a_prev, a_pred), (b_in, b_prev, b_pred) in zip(
-        run(ours, dtype=torch.float16), run(theirs, dtype=torch.float16), strict=True
-    ):
-        assert (a_in.dtype, a_prev.dtype, a_pred.dtype) == (b_in.dtype, b_prev.dtype, b_pred.dtype)
+    assert_same_dtypes(run(ours, dtype=torch.float16), run(theirs, dtype=torch.float16))
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("steps", [1, 5])
 def test_no_host_sync_on_meta(name: str, steps: int) -> None:
-    scheduler = getattr(core, name).from_config(CONFIGS[name])
-    scheduler.set_timesteps(steps, device="meta")
-    assert scheduler.timesteps.device.type == "meta"
-    sample = torch.empty(SHAPE, device="meta")
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(sample, t)
-        output = scheduler.step(torch.empty(SHAPE, device="meta"), t, model_input)
-        sample = output.prev_sample
-        assert sample.device.type == "meta"
+    run_on_meta(our_scheduler(name, CONFIGS[name]), steps)
 
 
 def test_churn_on_meta_and_cached_tables() -> None:
-    scheduler = core.EulerDiscreteScheduler.from_config(SD15)
-    scheduler.set_timesteps(4, device="meta")
-    sample = torch.empty(SHAPE, device="meta")
-    for t in scheduler.timesteps:
-        sample = scheduler.step(torch.empty(SHAPE, device="meta"), t, sample, s_churn=1.0).prev_sample
-    assert sample.device.type == "meta"
+    run_on_meta(our_scheduler("EulerDiscreteScheduler"), 4, s_churn=1.0)
 
 
 def test_lms_order_argument_matches_diffusers() -> None:
@@ -211,7 +167,7 @@ def test_edm_given_pred_original_sample_matches_diffusers() -> None:
     ours, theirs = pair("EDMEulerScheduler")
     ours.set_timesteps(5)
     theirs.set_timesteps(5)
-    sample = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5)) * ours.init_noise_sigma
+    sample = seeded_normal(SHAPE, 5) * ours.init_noise_sigma
     for t in ours.timesteps:
         x0 = torch.tanh(sample) * 0.9
         a = ours.step(torch.zeros(SHAPE), t, sample, pred_original_sample=x0).prev_sample
@@ -226,7 +182,7 @@ def test_begin_index_starts_part_way() -> None:
     theirs.set_timesteps(10)
     ours.set_begin_index(4)
     theirs.set_begin_index(4)
-    sample = torch.randn(SHAPE, generator=torch.Generator().manual_seed(6))
+    sample = seeded_normal(SHAPE, 6)
     for index, t in enumerate(theirs.timesteps[4:]):
         output = model(theirs.scale_model_input(sample, t), index)
         torch.testing.assert_close(ours.scale_model_input(sample, t), theirs.scale_model_input(sample, t))

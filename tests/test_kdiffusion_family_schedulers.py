@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
-import inspect
+import functools
 import itertools
 import math
 
-import diffusers
 import pytest
 import torch
+from scheduler_testing import (
+    SD15,
+    SHAPE,
+    add_noise_both,
+    assert_same_dtypes,
+    assert_step_count_errors,
+    assert_traces_close,
+    our_scheduler,
+    pair,
+    run_on_meta,
+    seeded_normal,
+    trace_loop,
+)
+from scheduler_testing import smooth_model as model
 from sde_bridge import share_brownian_noise
 
 import schedcmp.core as core
 from schedcmp.core.errors import ConfigError
 from schedcmp.core.schedulers.dpmsolver_sde import BrownianNoiseSampler
 
-SD15 = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
 NAMES = ["HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverSDEScheduler"]
-SHAPE = (2, 4, 8, 8)
 SDE = "DPMSolverSDEScheduler"
-
-
-def pair(name: str, **options: object) -> tuple[object, object]:
-    """Our scheduler and diffusers' from the same config."""
-    config = {**SD15, **options}
-    return getattr(core, name).from_config(config), getattr(diffusers, name).from_config(config)
+run = functools.partial(trace_loop, seed=4)  # the seed set_both gives diffusers' SDE noise
 
 
 def set_both(ours: object, theirs: object, *args: object, **kwargs: object) -> None:
@@ -35,42 +41,9 @@ def set_both(ours: object, theirs: object, *args: object, **kwargs: object) -> N
         share_brownian_noise(theirs, generator_seed=4, ours=False)
 
 
-def model(sample: torch.Tensor, index: int) -> torch.Tensor:
-    return 0.5 * torch.tanh(sample) + 0.1 * (index + 1)
-
-
-def run(scheduler: object, *, seed: int = 4, dtype: torch.dtype = torch.float32, start: int = 0) -> list:
-    """A loop from schedule index ``start``; returns (scaled input, prev_sample, pred_original_sample) per step."""
-    generator = torch.Generator().manual_seed(seed)
-    sample = (torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma).to(dtype)
-    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
-    trace = []
-    for index, t in enumerate(scheduler.timesteps[start:]):
-        model_input = scheduler.scale_model_input(sample, t)
-        kwargs = {"generator": generator} if takes_generator else {}
-        prev, pred = scheduler.step(model(model_input, index).to(dtype), t, sample, return_dict=False, **kwargs)
-        trace.append((model_input, prev, pred))
-        sample = prev
-    return trace
-
-
-def assert_traces_close(ours: list, theirs: list) -> None:
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs, strict=True):
-        for x, y in zip(a, b, strict=True):
-            assert x.dtype == y.dtype
-            torch.testing.assert_close(x.float(), y.float(), rtol=1e-5, atol=1e-5 * max(1.0, y.abs().max().item()))
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_step_count_errors(name: str) -> None:
-    scheduler = getattr(core, name).from_config(SD15)
-    with pytest.raises(ConfigError) as zero:
-        scheduler.set_timesteps(0)
-    assert str(zero.value) == f"{name}: num_inference_steps must be between 1 and 1000 (num_train_timesteps), got 0"
-    with pytest.raises(ConfigError) as many:
-        scheduler.set_timesteps(1001)
-    assert str(many.value) == f"{name}: num_inference_steps must be between 1 and 1000 (num_train_timesteps), got 1001"
+    assert_step_count_errors(our_scheduler(name))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -124,13 +97,11 @@ def test_begin_index_loop_matches_diffusers(name: str) -> None:
 def test_add_noise_matches_diffusers(name: str) -> None:
     ours, theirs = pair(name)
     set_both(ours, theirs, 20)
-    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
-    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
     timesteps = theirs.timesteps[[3, 12]]
-    torch.testing.assert_close(ours.add_noise(x0, noise, timesteps), theirs.add_noise(x0, noise, timesteps))
+    torch.testing.assert_close(*add_noise_both(ours, theirs, timesteps))
     ours.set_begin_index(4)
     theirs.set_begin_index(4)
-    torch.testing.assert_close(ours.add_noise(x0, noise, timesteps), theirs.add_noise(x0, noise, timesteps))
+    torch.testing.assert_close(*add_noise_both(ours, theirs, timesteps))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -142,7 +113,7 @@ def test_return_dict_false_and_output_match(name: str) -> None:
     for a, b in zip(as_tuple, reference, strict=True):
         torch.testing.assert_close(a, b)
     ours.set_timesteps(6)
-    sample = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)) * ours.init_noise_sigma
+    sample = seeded_normal(SHAPE, 0) * ours.init_noise_sigma
     kwargs = {"generator": torch.Generator().manual_seed(4)} if name in (SDE, "KDPM2AncestralDiscreteScheduler") else {}
     output = ours.step(model(ours.scale_model_input(sample, 0), 0), 0, sample, **kwargs)
     assert isinstance(output, core.SchedulerOutput)
@@ -162,21 +133,15 @@ def test_is_stochastic() -> None:
 def test_fp16_output_dtypes_match_diffusers(name: str, prediction_type: str) -> None:
     ours, theirs = pair(name, prediction_type=prediction_type)
     set_both(ours, theirs, 4)
-    for a, b in zip(run(ours, dtype=torch.float16), run(theirs, dtype=torch.float16), strict=True):
-        assert [x.dtype for x in a] == [y.dtype for y in b] == [torch.float16] * 3
+    assert_same_dtypes(run(ours, dtype=torch.float16), run(theirs, dtype=torch.float16), torch.float16)
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("steps", [1, 2, 5])
 def test_no_host_sync_on_meta(name: str, steps: int) -> None:
-    scheduler = getattr(core, name).from_config({**SD15, "use_karras_sigmas": True})
-    scheduler.set_timesteps(steps, device="meta")
-    assert scheduler.timesteps.device.type == "meta" and len(scheduler.timesteps) == 2 * steps - 1
-    sample = torch.empty(SHAPE, device="meta")
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(sample, t)
-        sample = scheduler.step(torch.empty(SHAPE, device="meta"), t, model_input).prev_sample
-        assert sample.device.type == "meta" and sample.shape == SHAPE
+    scheduler = our_scheduler(name, use_karras_sigmas=True)
+    run_on_meta(scheduler, steps)
+    assert len(scheduler.timesteps) == 2 * steps - 1
 
 
 # --- the Brownian noise of DPMSolverSDEScheduler ---
@@ -225,7 +190,7 @@ def sde_images(seed: int | None, **options: object) -> torch.Tensor:
     """The final sample of a 6-step DPM-Solver SDE loop given a generator seeded with ``seed`` (None: none)."""
     scheduler = core.DPMSolverSDEScheduler.from_config({**SD15, **options})
     scheduler.set_timesteps(6)
-    sample = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
+    sample = seeded_normal(SHAPE, 0) * scheduler.init_noise_sigma
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     for index, t in enumerate(scheduler.timesteps):
         output = model(scheduler.scale_model_input(sample, t), index)
@@ -246,7 +211,7 @@ def test_sde_images_follow_the_generator_seed() -> None:
 def test_sde_s_noise_scales_the_brownian_term() -> None:
     ours, theirs = pair(SDE)
     set_both(ours, theirs, 5)
-    sample = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)) * ours.init_noise_sigma
+    sample = seeded_normal(SHAPE, 0) * ours.init_noise_sigma
     output = model(sample, 0)
     a = ours.step(output, 0, sample, s_noise=0.5, generator=torch.Generator().manual_seed(4)).prev_sample
     b = theirs.step(output, theirs.timesteps[0], sample, s_noise=0.5).prev_sample

@@ -6,57 +6,41 @@ from __future__ import annotations
 import diffusers
 import pytest
 import torch
-from scheduler_cases import BASE_CONFIGS
+from scheduler_testing import (
+    SD15,
+    SHAPE,
+    assert_position_add_noise_matches,
+    assert_prev_sample_only,
+    assert_samples_close,
+    assert_step_count_errors,
+    pair,
+    run_on_meta,
+    seeded_normal,
+)
+from scheduler_testing import sample_loop as seeded_loop
 
 from schedcmp.core import ConfigError, DEISMultistepScheduler, UniPCMultistepScheduler
 
 DEIS, UNIPC = "DEISMultistepScheduler", "UniPCMultistepScheduler"
 OURS = {DEIS: DEISMultistepScheduler, UNIPC: UniPCMultistepScheduler}
 BOTH = pytest.mark.parametrize("name", [DEIS, UNIPC])
-SD15 = {k: v for k, v in BASE_CONFIGS["sd15"].items() if not k.startswith("_")}
-
-
-def pair(name: str, **options: object) -> tuple[object, object]:
-    """(ours, diffusers') scheduler of class ``name`` for the sd15 config plus ``options``."""
-    config = {**SD15, **options}
-    return OURS[name].from_config(config), getattr(diffusers, name).from_config(config)
 
 
 def sample_loop(
     scheduler, steps: int, *, begin: int = 0, dtype: torch.dtype = torch.float32, out_dtype: torch.dtype | None = None
 ) -> list[torch.Tensor]:
-    """A short loop with seeded inputs (model outputs in ``out_dtype``); returns every prev_sample."""
-    scheduler.set_timesteps(steps)
-    if begin:
-        scheduler.set_begin_index(begin)
-    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
-    out = []
-    for i, t in enumerate(scheduler.timesteps[begin:]):
-        noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(100 + i))
-        model_output = (0.3 * sample.float() + noise).to(out_dtype or dtype)
-        sample = scheduler.step(model_output, t, scheduler.scale_model_input(sample, t)).prev_sample
-        out.append(sample)
-    return out
+    """A short loop whose model outputs (in ``out_dtype``) follow the sample; returns every prev_sample."""
 
+    def model(sample: torch.Tensor, i: int) -> torch.Tensor:
+        return (0.3 * sample.float() + seeded_normal(SHAPE, 100 + i)).to(out_dtype or dtype)
 
-def assert_same(ours: list[torch.Tensor], theirs: list[torch.Tensor], rtol: float = 1e-5) -> None:
-    """Same dtypes, and values equal within ``rtol`` of the reference's largest magnitude at every step."""
-    assert len(ours) == len(theirs)
-    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-        assert a.dtype == b.dtype, f"step {i}: dtype {a.dtype} != {b.dtype}"
-        error = (a.double() - b.double()).abs().max().item()
-        assert error <= rtol * b.double().abs().max().item(), f"step {i}: max abs error {error:.3g}"
+    return seeded_loop(scheduler, steps, model=model, begin=begin, dtype=dtype)
 
 
 @BOTH
 def test_step_count_errors(name: str) -> None:
     scheduler = OURS[name]()
-    with pytest.raises(ConfigError) as zero:
-        scheduler.set_timesteps(0)
-    assert str(zero.value) == f"{name}: num_inference_steps must be between 1 and 1000 (num_train_timesteps), got 0"
-    with pytest.raises(ConfigError) as many:
-        scheduler.set_timesteps(1001)
-    assert str(many.value) == f"{name}: num_inference_steps must be between 1 and 1000 (num_train_timesteps), got 1001"
+    assert_step_count_errors(scheduler)
     with pytest.raises(ConfigError, match="flow-matching"):
         scheduler.set_timesteps(10, mu=0.5)
     with pytest.raises(ConfigError, match="call set_timesteps before step"):
@@ -103,40 +87,23 @@ def test_bad_options_raise_config_error_at_init(name: str, options: dict, match:
 def test_other_solvers_names_are_replaced_like_diffusers(name: str, options: dict, key: str, stored: str) -> None:
     ours, theirs = pair(name, **options)
     assert ours.config[key] == theirs.config[key] == stored
-    assert_same(sample_loop(ours, 6), sample_loop(theirs, 6))
+    assert_samples_close(sample_loop(ours, 6), sample_loop(theirs, 6))
 
 
 @BOTH
 def test_add_noise_matches_diffusers(name: str) -> None:
-    ours, theirs = pair(name, use_karras_sigmas=True)
-    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
-    t = torch.tensor([999, 500, 3])  # before set_timesteps: diffusers' training-schedule pairing, matched
-    torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
-    for s in (ours, theirs):
-        s.set_timesteps(12)
-    t = theirs.timesteps[[0, 5, 11]]
-    torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
-    for s in (ours, theirs):  # img2img: the schedule position comes from begin_index
-        s.set_begin_index(4)
-    torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
+    assert_position_add_noise_matches(*pair(name, use_karras_sigmas=True))
 
 
 @pytest.mark.parametrize(("name", "options"), [(DEIS, {"solver_order": 3}), (UNIPC, {"solver_order": 3})])
 def test_img2img_start_matches_diffusers(name: str, options: dict) -> None:
     ours, theirs = pair(name, **options)
-    assert_same(sample_loop(ours, 12, begin=5), sample_loop(theirs, 12, begin=5))
+    assert_samples_close(sample_loop(ours, 12, begin=5), sample_loop(theirs, 12, begin=5))
 
 
 @BOTH
 def test_return_dict_false_and_no_x0(name: str) -> None:
-    scheduler = OURS[name]()
-    scheduler.set_timesteps(5)
-    sample = torch.randn(1, 4, 8, 8)
-    result = scheduler.step(torch.randn(1, 4, 8, 8), scheduler.timesteps[0], sample, return_dict=False)
-    assert isinstance(result, tuple) and len(result) == 1 and result[0].shape == sample.shape
-    output = scheduler.step(torch.randn(1, 4, 8, 8), scheduler.timesteps[1], result[0])
-    assert output.pred_original_sample is None  # diffusers returns none for these solvers
+    assert_prev_sample_only(OURS[name]())
 
 
 @pytest.mark.parametrize("options", [{}, {"solver_order": 3, "thresholding": True}])
@@ -155,13 +122,13 @@ def test_half_precision_dtype_matches_diffusers(name: str, dtype: torch.dtype, o
     out_dtype = out_dtype or torch.float32
     got = sample_loop(ours, 6, dtype=dtype, out_dtype=out_dtype)
     want = sample_loop(theirs, 6, dtype=dtype, out_dtype=out_dtype)
-    assert_same(got, want, rtol=1e-2)
+    assert_samples_close(got, want, rtol=1e-2)
 
 
 @pytest.mark.parametrize("disabled", [[1, 2], [0, 1, 2, 3, 4, 5, 6, 7]])
 def test_unipc_disable_corrector_matches_diffusers(disabled: list[int]) -> None:
     ours, theirs = pair(UNIPC, disable_corrector=disabled, solver_order=3)
-    assert_same(sample_loop(ours, 8), sample_loop(theirs, 8))
+    assert_samples_close(sample_loop(ours, 8), sample_loop(theirs, 8))
 
 
 @pytest.mark.parametrize(
@@ -177,7 +144,7 @@ def test_unipc_disable_corrector_matches_diffusers(disabled: list[int]) -> None:
 )
 def test_unipc_option_mixes_match_diffusers(options: dict) -> None:
     ours, theirs = pair(UNIPC, **options)
-    assert_same(sample_loop(ours, 9), sample_loop(theirs, 9))
+    assert_samples_close(sample_loop(ours, 9), sample_loop(theirs, 9))
 
 
 @pytest.mark.parametrize(
@@ -191,7 +158,7 @@ def test_unipc_option_mixes_match_diffusers(options: dict) -> None:
 )
 def test_deis_option_mixes_match_diffusers(options: dict) -> None:
     ours, theirs = pair(DEIS, **options)
-    assert_same(sample_loop(ours, 9), sample_loop(theirs, 9))
+    assert_samples_close(sample_loop(ours, 9), sample_loop(theirs, 9))
 
 
 def test_deis_reads_sigma_bounds_left_in_a_swapped_config_like_diffusers() -> None:
@@ -201,7 +168,7 @@ def test_deis_reads_sigma_bounds_left_in_a_swapped_config_like_diffusers() -> No
     theirs = diffusers.DEISMultistepScheduler.from_config(
         diffusers.UniPCMultistepScheduler.from_config(dict(source)).config
     )
-    assert_same(sample_loop(ours, 7), sample_loop(theirs, 7))
+    assert_samples_close(sample_loop(ours, 7), sample_loop(theirs, 7))
     assert torch.equal(ours.timesteps, theirs.timesteps) and float(ours.sigmas[0]) == pytest.approx(10.0)
 
 
@@ -225,7 +192,7 @@ def test_unipc_nan_final_sample_with_bh1_is_diffusers_behaviour() -> None:
     ours, theirs = pair(UNIPC, solver_type="bh1")
     got, want = sample_loop(ours, 5), sample_loop(theirs, 5)
     assert torch.isnan(got[-1]).all() and torch.isnan(want[-1]).all()
-    assert_same(got[:-1], want[:-1])
+    assert_samples_close(got[:-1], want[:-1])
 
 
 @pytest.mark.parametrize(
@@ -239,12 +206,6 @@ def test_unipc_nan_final_sample_with_bh1_is_diffusers_behaviour() -> None:
 )
 @pytest.mark.parametrize("steps", [1, 5, 16])
 def test_loop_runs_on_meta_tensors(name: str, options: dict, steps: int) -> None:
-    """Meta tensors carry no data: any .item(), nonzero() or data-dependent branch in a step would raise."""
     scheduler = OURS[name].from_config({**SD15, **options})
-    scheduler.set_timesteps(steps, device="meta")
-    assert scheduler.timesteps.device.type == "meta" and scheduler.timesteps.dtype == torch.int64
-    sample = torch.empty((1, 4, 8, 8), device="meta")
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(sample, t)
-        sample = scheduler.step(torch.empty_like(model_input), t, sample).prev_sample
-    assert sample.device.type == "meta" and sample.shape == (1, 4, 8, 8)
+    run_on_meta(scheduler, steps, shape=(1, 4, 8, 8))
+    assert scheduler.timesteps.dtype == torch.int64
