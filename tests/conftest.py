@@ -1,6 +1,11 @@
-"""Shared test setup: quiet the diffusers oracle's logging so failures stay readable."""
+"""Shared test setup: one torch thread per test process, and a quiet diffusers oracle."""
 
 import pytest
+import torch
+
+# Tests run tiny models in parallel processes (pytest -n 2 on two cores): extra OpenMP threads only add barriers,
+# and on busy cores they stall (a 0.4 ms call took 70 ms with two threads while another process ran).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -17,6 +17,7 @@ from schedcmp.cli import app
 from schedcmp.core.errors import WeightsError
 from schedcmp.core.load import load_pipeline
 from schedcmp.core.pipeline import StableDiffusionPipeline
+from schedcmp.core.schedulers.dpmsolver_sde import BrownianNoiseSampler
 from schedcmp.engine import Engine
 from schedcmp.plan import build_plan
 
@@ -34,6 +35,15 @@ SCHEDULER_TABLE = [
     ("heun", "HeunDiscreteScheduler", {}, 3),
     ("unipc", "UniPCMultistepScheduler", {}, 5),
     ("ddpm", "DDPMScheduler", {}, 4),
+    ("lms", "LMSDiscreteScheduler", {}, 5),
+    ("euler", "EulerDiscreteScheduler", {}, 4),
+    ("kdpm2", "KDPM2DiscreteScheduler", {}, 3),
+    ("kdpm2_a", "KDPM2AncestralDiscreteScheduler", {}, 3),
+    ("deis", "DEISMultistepScheduler", {}, 5),
+    ("dpm_single", "DPMSolverSinglestepScheduler", {}, 5),
+    ("dpm_sde", "DPMSolverSDEScheduler", {}, 3),
+    ("edm_euler", "EDMEulerScheduler", {}, 4),
+    ("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, 5),
 ]
 
 
@@ -52,10 +62,29 @@ def ours(tiny) -> dict[str, StableDiffusionPipeline]:
     return {variant: load_pipeline(str(folder)) for variant, (folder, _) in tiny.items()}
 
 
+def share_our_brownian_path(scheduler, seed: int, latent_shape: tuple[int, ...]) -> None:
+    """diffusers' SDE scheduler ignores the generator; give it our Brownian path, drawn from a generator in the
+    state ours is in after the initial latents (seeded, then one latent-sized draw)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.randn(latent_shape, generator=generator)
+    original_step = scheduler.step
+
+    def step(model_output, timestep, sample, *args, **kwargs):
+        if scheduler.noise_sampler is None:
+            sigmas = scheduler.sigmas
+            sigma_min, sigma_max = sigmas[sigmas > 0].min().item(), sigmas.max().item()
+            scheduler.noise_sampler = BrownianNoiseSampler(sample, sigma_min, sigma_max, generator=generator)
+        return original_step(model_output, timestep, sample, *args, **kwargs)
+
+    scheduler.step = step
+
+
 def diffusers_images(pipe, scheduler_cls: str, options: dict, steps: int, seed: int, guidance: float = 7.5):
     """The guide's workflow: swap the scheduler (from the saved model's config, not the last swap's), sample."""
     saved = diffusers.PNDMScheduler.from_pretrained(pipe.config._name_or_path, subfolder="scheduler").config
     pipe.scheduler = getattr(diffusers, scheduler_cls).from_config(saved, **options)
+    if scheduler_cls == "DPMSolverSDEScheduler":
+        share_our_brownian_path(pipe.scheduler, seed, (1, 4, 16, 16))
     return pipe(
         PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=guidance,
         generator=torch.Generator().manual_seed(seed), output_type="np", height=32, width=32,
