@@ -29,15 +29,6 @@ SHAPES = {
 DEFAULTS = dict(vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These tiny matmuls gain nothing from more OpenMP threads, whose barriers stall on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict[str, tuple[transformers.CLIPTextModel, Path]]:
     """A randomly initialised transformers CLIPTextModel per shape, saved with save_pretrained."""

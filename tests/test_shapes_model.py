@@ -32,16 +32,6 @@ def sd15_alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1 - betas, 0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The solver loops here are many small tensor ops: extra OpenMP threads only add barriers, which stall
-    badly (tens of times slower) when the CPU is shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def dataset():
     return shapes_dataset(64)

@@ -69,15 +69,6 @@ TIMESTEPS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; more stall on shared cores and under ``pytest -n 2``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Pair:
     """A diffusers UNet, ours loaded from its saved folder, and inputs that fit both."""
 
