@@ -209,3 +209,13 @@ def test_clip_skip_uses_an_earlier_text_encoder_layer(tiny) -> None:
     cond, _ = skipping.encode_prompt(PROMPT, "")
     assert torch.equal(cond, plain.text_encoder(ids, clip_skip=1))
     assert not torch.allclose(cond, plain.encode_prompt(PROMPT, "")[0])
+
+
+def test_list_compatible_reads_only_the_scheduler_config_of_a_folder(tiny, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "only-scheduler"
+    shutil.copytree(tiny["sd2v"][0] / "scheduler", folder / "scheduler")
+    result = CliRunner().invoke(app, ["show-config", "--model", str(folder), "--as", "euler"])
+    assert result.exit_code == 0, result.output
+    assert '"prediction_type": "v_prediction"' in result.stdout

@@ -19,8 +19,9 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PATTERNS = ("model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer/*")
 
 
-def resolve_model_folder(model: str, variant: str | None = None) -> Path:
-    """A local diffusers folder for ``model``: the folder itself, or a hub id fetched with huggingface_hub."""
+def resolve_model_folder(model: str, variant: str | None = None, scheduler_only: bool = False) -> Path:
+    """A local diffusers folder for ``model``: the folder itself, or a hub id fetched with huggingface_hub
+    (configs, tokenizer and safetensors weights; only the scheduler config with ``scheduler_only``)."""
     folder = Path(model).expanduser()
     if folder.is_dir():
         return folder
@@ -29,13 +30,16 @@ def resolve_model_folder(model: str, variant: str | None = None) -> Path:
             f"model {model!r} is neither {BUILTIN_SHAPES!r}, an existing folder, nor a hub id (owner/name)"
         )
     weights = f"*/*.{variant}.safetensors" if variant else "*/*.safetensors"
+    patterns = [*HUB_PATTERNS, weights, f"{weights}.index.json"]
+    if scheduler_only:
+        patterns = ["scheduler/scheduler_config.json"]
     try:
         from huggingface_hub import snapshot_download
 
         return Path(
             snapshot_download(
                 model,
-                allow_patterns=[*HUB_PATTERNS, weights, f"{weights}.index.json"],
+                allow_patterns=patterns,
                 local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"),
             )
         )
@@ -76,4 +80,4 @@ def load_scheduler_config(model: str) -> dict[str, Any]:
     """The model's scheduler config alone (no weights): the built-in one, or ``<folder>/scheduler/``."""
     if model == BUILTIN_SHAPES:
         return dict(SD15_SCHEDULER_CONFIG)
-    return SchedulerMixin.load_config(resolve_model_folder(model), subfolder="scheduler")
+    return SchedulerMixin.load_config(resolve_model_folder(model, scheduler_only=True), subfolder="scheduler")
