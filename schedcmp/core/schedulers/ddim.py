@@ -64,10 +64,11 @@ class DDIMScheduler(VPScheduler):
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Choose the sub-sequence tau of training timesteps (Song et al. 2021 sec. 4.2; Lin et al. 2023 Table 2)."""
-        num_train = self.config.num_train_timesteps
-        num_inference_steps = self._checked_steps(num_inference_steps)
+        config = self.config
+        num_train = config.num_train_timesteps
+        num_inference_steps = self._checked_steps(num_inference_steps, num_train)
         schedule = training_timesteps(
-            "DDIMScheduler", self.config.timestep_spacing, num_train, num_inference_steps, self.config.steps_offset
+            "DDIMScheduler", config.timestep_spacing, num_train, num_inference_steps, config.steps_offset
         )
         # diffusers quirk, matched: the previous timestep is always t - T // n, whatever the spacing.
         previous = schedule - num_train // num_inference_steps
@@ -84,6 +85,7 @@ class DDIMScheduler(VPScheduler):
         self._eta_coefficients(0.0)
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.from_numpy(schedule).to(device)
+        self._snapshot_options(config)
         self._reset_step_counter()
 
     def _eta_coefficients(self, eta: float) -> tuple[list[float], list[float]]:
@@ -111,9 +113,9 @@ class DDIMScheduler(VPScheduler):
         #   abar_t, abar_prev  alpha-bar at t and at t - T // n (``final_alpha_cumprod`` past the end)
         #   x0_hat, eps_hat    the model's estimates of x_0 and of the noise in x_t
         #   sigma_t            eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
-        self._require_timesteps()
-        i = self._step_in_schedule(len(self._sqrt_alpha_bar))
-        kind = self.config.prediction_type
+        i = self._step_in_schedule(self.num_inference_steps)
+        config = self._options
+        kind = config.prediction_type
         sqrt_alpha_bar, sqrt_beta_bar = self._sqrt_alpha_bar[i], self._sqrt_beta_bar[i]
 
         # 1. x0_hat and eps_hat from the model output ("predicted x_0" of eq. 12; v: Salimans & Ho 2022)
@@ -126,7 +128,7 @@ class DDIMScheduler(VPScheduler):
             eps = sqrt_alpha_bar * model_output + sqrt_beta_bar * sample
 
         # 2. keep x0_hat in range: dynamic thresholding (Imagen sec. 2.3) or plain clipping
-        x0 = self._bounded_x0(x0)
+        x0 = self._bounded_x0(x0, config)
 
         # 3. sigma_t (eq. 16) and the weight of the direction term, precomputed per eta
         std, direction = self._eta_coefficients(eta)

@@ -73,7 +73,8 @@ class DDPMScheduler(VPScheduler):
         timesteps: Sequence[int] | None = None,
     ) -> None:
         """Choose the sampling timesteps: a spacing of Lin et al. 2023 Table 2, or a custom descending list."""
-        num_train = self.config.num_train_timesteps
+        config = self.config
+        num_train = config.num_train_timesteps
         if timesteps is not None:
             if num_inference_steps is not None:
                 raise ConfigError("DDPMScheduler.set_timesteps: pass num_inference_steps or timesteps, not both")
@@ -82,13 +83,9 @@ class DDPMScheduler(VPScheduler):
         else:
             if num_inference_steps is None:
                 raise ConfigError("DDPMScheduler.set_timesteps: pass num_inference_steps or timesteps")
-            num_inference_steps = self._checked_steps(num_inference_steps)
+            num_inference_steps = self._checked_steps(num_inference_steps, num_train)
             schedule = training_timesteps(
-                "DDPMScheduler",
-                self.config.timestep_spacing,
-                num_train,
-                num_inference_steps,
-                self.config.steps_offset,
+                "DDPMScheduler", config.timestep_spacing, num_train, num_inference_steps, config.steps_offset
             )
             self.num_inference_steps = num_inference_steps
             self.custom_timesteps = False
@@ -127,7 +124,8 @@ class DDPMScheduler(VPScheduler):
         self._x0_coeff = ((alpha_bar_prev**0.5 * step_beta) / beta_bar).tolist()
         self._xt_coeff = (step_alpha**0.5 * beta_bar_prev / beta_bar).tolist()
         self._adds_noise = (schedule > 0).tolist()  # diffusers adds no noise on the step from t = 0
-        variance_type = self.config.variance_type
+        config = self.config
+        variance_type = config.variance_type
         if variance_type == "fixed_small":
             self._noise_std = (posterior_variance**0.5).tolist()
         elif variance_type == "fixed_small_log":
@@ -141,6 +139,7 @@ class DDPMScheduler(VPScheduler):
             self._min_log = torch.log(posterior_variance).tolist()
             self._max_log = torch.log(step_beta).tolist()
         self.timesteps = torch.from_numpy(schedule).to(device)
+        self._snapshot_options(config)
         self._reset_step_counter()
 
     def step(
@@ -158,7 +157,7 @@ class DDPMScheduler(VPScheduler):
         #   x0_hat             the model's estimate of x_0
         #   mu_t, sigma_t      mean and standard deviation of q(x_{t-1} | x_t, x0_hat)
         i = self._step_in_schedule(len(self._x0_coeff))
-        config = self.config
+        config = self._options
 
         # 1. split off the predicted variance of learned-variance models (2C output channels)
         predicted_variance = None
@@ -174,7 +173,7 @@ class DDPMScheduler(VPScheduler):
         x0 = predicted_x0(config.prediction_type, model_output, sample, self._sqrt_alpha_bar[i], self._sqrt_beta_bar[i])
 
         # 3. keep x0_hat in range: dynamic thresholding (Imagen sec. 2.3) or plain clipping
-        x0 = self._bounded_x0(x0)
+        x0 = self._bounded_x0(x0, config)
 
         # 4. posterior mean mu_t(x_t, x0_hat) (eq. 7)
         prev_sample = self._x0_coeff[i] * x0 + self._xt_coeff[i] * sample

@@ -131,7 +131,6 @@ class DEISMultistepScheduler(MultistepScheduler):
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
         """One rhoAB-DEIS step from sigma_i to sigma_{i+1}: exponential integrator, log-rho extrapolation (Sec. 3)."""
-        self._require_timesteps()
         i = self._step_in_schedule(self.num_inference_steps)
         # Notation (rho = sigma_t / alpha_t, the noise-to-signal ratio of the VP process):
         #   x_i        -> `sample`, at rho_i;   x_{i+1} -> `prev_sample`, at rho_{i+1}
@@ -145,7 +144,7 @@ class DEISMultistepScheduler(MultistepScheduler):
         self.model_outputs = [*self.model_outputs[-2:], eps]
 
         # 2. the order in force: lower while warming up, and possibly for the last steps
-        p = self._next_order(i)
+        p = min(self._max_order[i], self.lower_order_nums + 1)
 
         # 3. x_{i+1} = (alpha_{i+1} / alpha_i) x_i + sum_k C_k eps_{i-k}: the exponential integrator with the
         #    epsilon term integrated exactly as a degree-(p-1) Lagrange polynomial in log(rho) (rhoAB-DEIS)
@@ -160,4 +159,5 @@ class DEISMultistepScheduler(MultistepScheduler):
                 prev_sample += weight * self.model_outputs[-1 - k]
             prev_sample *= alpha_next
 
-        return self._step_taken(i, prev_sample, out_dtype, return_dict)
+        self.lower_order_nums = min(self.lower_order_nums + 1, self._solver_order)
+        return self._finish_step(i, prev_sample.to(out_dtype), None, return_dict)

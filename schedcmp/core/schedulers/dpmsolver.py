@@ -237,6 +237,7 @@ class DPMSolverScheduler(VPSigmaScheduler):
         self._weights: list[list[Weights | None]] = []
         self._alpha: list[float] = []
         self._sigma: list[float] = []
+        self._snapshot_options(self.config)  # after the renames above
 
     @property
     def is_stochastic(self) -> bool:
@@ -272,7 +273,7 @@ class DPMSolverScheduler(VPSigmaScheduler):
             spaced = check_custom_timesteps(name, timesteps, config.num_train_timesteps)
             n = len(spaced)
         else:
-            n = self._checked_steps(num_inference_steps)
+            n = self._checked_steps(num_inference_steps, config.num_train_timesteps)
             clipped = int(torch.searchsorted(torch.flip(self.lambda_t, [0]), config.lambda_min_clipped))
             total = config.num_train_timesteps
             spaced = multistep_timesteps(spacing, total, n, steps_offset, last_timestep=total - clipped)
@@ -293,13 +294,14 @@ class DPMSolverScheduler(VPSigmaScheduler):
                     self._weights[i][order - 1] = w
         alpha, sigma = vp_alpha_sigma(self.sigmas[:count])
         self._alpha, self._sigma = alpha.tolist(), sigma.tolist()
+        self._snapshot_options(config)  # the last of set_timesteps: after any config change it makes
 
-    def _convert_and_keep(self, model_output: torch.Tensor, sample: torch.Tensor) -> tuple[int, torch.Tensor]:
+    def _convert_and_keep(
+        self, model_output: torch.Tensor, sample: torch.Tensor, config: Any
+    ) -> tuple[int, torch.Tensor]:
         """This step's index and converted model output (see ``convert_model_output``), kept as the newest one."""
-        self._require_timesteps()
         i = self._step_in_schedule(self.num_inference_steps, past_end=IndexError)
-        converted = convert_model_output(
-            type(self).__name__, self.config, model_output, sample, self._alpha[i], self._sigma[i]
-        )
+        name, alpha, sigma = type(self).__name__, self._alpha[i], self._sigma[i]
+        converted = convert_model_output(name, config, model_output, sample, alpha, sigma)
         self.model_outputs = [*self.model_outputs[1:], converted]
         return i, converted

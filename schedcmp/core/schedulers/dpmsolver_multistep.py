@@ -118,8 +118,8 @@ class DPMSolverMultistepScheduler(DPMSolverScheduler):
         # - m_j: converted model outputs (x0 or eps) at sigmas[i - j];  z: standard normal noise (SDE variants)
 
         # 1. convert the model output to the solver's target, x0 (DPM-Solver++) or eps (DPM-Solver), Sec. 3
-        i, converted = self._convert_and_keep(model_output, sample)
-        config = self.config
+        config = self._options
+        i, converted = self._convert_and_keep(model_output, sample, config)
 
         # 2. noise for the SDE variants: drawn at every step, float32, shaped like the converted output
         noise = None
@@ -137,4 +137,4 @@ class DPMSolverMultistepScheduler(DPMSolverScheduler):
         prev_sample = apply_update(sample.to(torch.float32), self.model_outputs, order,
                                    self._weights[i][order - 1], noise)
         self.lower_order_nums = min(self.lower_order_nums + 1, config.solver_order)
-        return self._finish_step(i, prev_sample.to(converted.dtype), return_dict=return_dict)
+        return self._finish_step(i, prev_sample.to(converted.dtype), None, return_dict)

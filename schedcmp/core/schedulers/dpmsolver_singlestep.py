@@ -107,11 +107,12 @@ class DPMSolverSinglestepScheduler(DPMSolverScheduler):
         # - m_j: converted model outputs (x0 or eps) at sigmas[i - j];  z: standard normal noise (SDE variant)
 
         # 1. convert the model output to the solver's target, x0 (DPM-Solver++) or eps (DPM-Solver)
-        i, converted = self._convert_and_keep(model_output, sample)
+        config = self._options
+        i, converted = self._convert_and_keep(model_output, sample, config)
 
         # 2. noise for SDE-DPM-Solver++: drawn at every step, in the converted output's dtype
         noise = None
-        if self.config.algorithm_type == "sde-dpmsolver++":
+        if config.algorithm_type == "sde-dpmsolver++":
             noise = randn_tensor(converted.shape, generator=generator, device=converted.device, dtype=converted.dtype)
 
         # 3. order from the order list, lowered while outputs are missing (a loop started part way, img2img)
@@ -124,4 +125,4 @@ class DPMSolverSinglestepScheduler(DPMSolverScheduler):
         # 4. x_t = (sigma_t/sigma_s) x_s - alpha_t (e^-h - 1) D0 + ... from the group start, folded into weights
         prev_sample = apply_update(self.sample, self.model_outputs, order, self._weights[i][order - 1], noise,
                                    singlestep=True)
-        return self._finish_step(i, prev_sample, return_dict=return_dict)
+        return self._finish_step(i, prev_sample, None, return_dict)

@@ -6,8 +6,8 @@ Karras, Aittala, Aila & Laine 2022, "Elucidating the Design Space of Diffusion-B
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -74,17 +74,20 @@ class EulerDiscreteScheduler(SigmaScheduler):
         """False: Euler is deterministic unless ``step`` is given ``s_churn > 0``."""
         return False
 
-    @property
-    def _continuous_v(self) -> bool:
-        return self.config.timestep_type == "continuous" and self.config.prediction_type == "v_prediction"
+    @staticmethod
+    def _continuous_v(config: Mapping[str, Any]) -> bool:
+        """Whether timesteps are EDM's c_noise = log(sigma) / 4 (continuous-time v-prediction models)."""
+        return config.timestep_type == "continuous" and config.prediction_type == "v_prediction"
 
     def _install(self, sigmas: torch.Tensor, timesteps: torch.Tensor, device: torch.device | str | None) -> None:
         """Keep the float32 CPU sigmas, place the timesteps and precompute every per-step Python float."""
+        config = self.config
         self.sigmas = sigmas
-        if self._continuous_v:
+        if self._continuous_v(config):
             timesteps = 0.25 * sigmas[:-1].log()  # c_noise of Karras et al. 2022 Table 1
         self.timesteps = timesteps.to(device)
-        self.init_noise_sigma = init_noise_sigma_of(sigmas, self.config.timestep_spacing)
+        self.init_noise_sigma = init_noise_sigma_of(sigmas, config.timestep_spacing)
+        self._prediction_type = config.prediction_type
         # v-prediction's factors are those of the un-churned sigma (diffusers' choice, matched)
         self._set_model_sigmas(sigmas)
         self._tables = ChurnTables(sigmas)
@@ -106,7 +109,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
             raise ConfigError(f"{name}.set_timesteps: pass exactly one of num_inference_steps, timesteps, sigmas")
         if timesteps is not None:
             check_no_grid_with_custom_timesteps(name, config)
-            if self._continuous_v:
+            if self._continuous_v(config):
                 raise ConfigError(
                     f"{name}.set_timesteps: custom timesteps cannot be used with timestep_type='continuous' "
                     "and prediction_type='v_prediction'; pass sigmas instead"
@@ -121,7 +124,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
             self._install(torch.from_numpy(sigma_arr), torch.from_numpy(timestep_arr), device)
             return
         if timesteps is None:
-            n = self._checked_steps(num_inference_steps)
+            n = self._checked_steps(num_inference_steps, config.num_train_timesteps)
         else:
             n = len(timesteps)
         self.num_inference_steps = n

@@ -57,9 +57,11 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
 
     def _install(self, sigmas: torch.Tensor, timesteps: torch.Tensor, device: torch.device | str | None) -> None:
         """Keep the float32 CPU sigmas, place the timesteps and precompute every per-step Python float."""
+        config = self.config
         self.sigmas = sigmas
         self.timesteps = timesteps.to(device)
-        self.init_noise_sigma = init_noise_sigma_of(sigmas, self.config.timestep_spacing)
+        self.init_noise_sigma = init_noise_sigma_of(sigmas, config.timestep_spacing)
+        self._prediction_type = config.prediction_type
         sigma_from, sigma_to = sigmas[:-1], sigmas[1:]
         sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
         sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
@@ -71,7 +73,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Spaced timesteps (Lin et al. 2023 Table 2) and their sigmas, linearly interpolated in t."""
         config = self.config
-        n = self._checked_steps(num_inference_steps)
+        n = self._checked_steps(num_inference_steps, config.num_train_timesteps)
         self.num_inference_steps = n
         timesteps, sigmas, _ = sigma_schedule(config, self.alphas_cumprod, n, respace=False)  # no grids here
         self._install(with_final_sigma(sigmas), torch.from_numpy(timesteps), device)

@@ -52,6 +52,7 @@ class HeunDiscreteScheduler(TwoStageScheduler):
         steps_offset: int = 0,
     ) -> None:
         self._stage_derivative: torch.Tensor | None = None
+        self._clip_range = clip_sample_range if clip_sample else None  # read by every step
         self._setup()
 
     @property
@@ -112,9 +113,8 @@ class HeunDiscreteScheduler(TwoStageScheduler):
 
         # 1. x0 from the model output: eps, v (Salimans & Ho 2022 sec. 4) or x0 itself
         pred_original_sample = self._predicted_x0(model_output, sample, i, sigma)
-        if self.config.clip_sample:
-            limit = self.config.clip_sample_range
-            pred_original_sample = pred_original_sample.clamp(-limit, limit)
+        if self._clip_range is not None:
+            pred_original_sample = pred_original_sample.clamp(-self._clip_range, self._clip_range)
 
         derivative = (sample - pred_original_sample) / sigma
         start = self._stage_start(i, sample)

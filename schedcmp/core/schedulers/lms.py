@@ -92,7 +92,7 @@ class LMSDiscreteScheduler(SigmaScheduler):
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Spaced timesteps (Lin et al. 2023 Table 2) to sigmas, optionally respaced; LMS weights for orders 1-4."""
         config = self.config
-        n = self._checked_steps(num_inference_steps)
+        n = self._checked_steps(num_inference_steps, config.num_train_timesteps)
         self.num_inference_steps = n
         # diffusers' LMS bounds karras by the schedule alone, but exponential / beta by a `sigma_min` /
         # `sigma_max` config entry when one exists (e.g. a hidden key kept from another class's config).
@@ -107,6 +107,7 @@ class LMSDiscreteScheduler(SigmaScheduler):
         self.sigmas = with_final_sigma(sigmas)
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.float32)
         self.init_noise_sigma = init_noise_sigma_of(self.sigmas, config.timestep_spacing)
+        self._prediction_type = config.prediction_type
         self._set_model_sigmas(self.sigmas)
         self._sigmas64 = self.sigmas.numpy().astype(np.float64)
         self._weights = {order: lms_coefficients(self._sigmas64, order) for order in range(1, 5)}

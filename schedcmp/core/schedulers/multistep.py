@@ -24,7 +24,7 @@ from .vp import VPSigmaScheduler, predicted_x0, reject_flow_options, vp_noise_le
 
 
 class MultistepScheduler(VPSigmaScheduler):
-    """Base of DEIS and UniPC: options, training schedule, timesteps, the x0 of a model output, order warm-up."""
+    """Base of DEIS and UniPC: options, training schedule, timesteps and the x0 of a model output."""
 
     def _setup(self, rescale_betas_zero_snr: bool = False, **flow_options: tuple[object, object]) -> None:
         """Check the options, build the training schedule and diffusers' state before ``set_timesteps``."""
@@ -63,7 +63,7 @@ class MultistepScheduler(VPSigmaScheduler):
         """Set timesteps, sigmas [n + 1] and their float32 alpha_t / sigma_t (returned), and clear the history."""
         config = self.config
         total = config.num_train_timesteps
-        n = self._checked_steps(num_inference_steps)
+        n = self._checked_steps(num_inference_steps, total)
         spaced = multistep_timesteps(config.timestep_spacing, total, n, config.steps_offset)
         grid = chosen_sigma_grid(config)
         timesteps, sigmas = vp_noise_levels(config, self.alphas_cumprod, spaced, n, grid, round_grid=True, final=final)
@@ -80,13 +80,4 @@ class MultistepScheduler(VPSigmaScheduler):
         if self._threshold is not None:
             x0 = dynamic_threshold(x0, *self._threshold)
         return x0
-
-    def _next_order(self, i: int) -> int:
-        """The order of step ``i``: one more per step taken while warming up, capped by the schedule's rule."""
-        return min(self._max_order[i], self.lower_order_nums + 1)
-
-    def _step_taken(self, i: int, prev_sample: torch.Tensor, dtype: torch.dtype, return_dict: bool):
-        """Count the step for the warm-up and return ``prev_sample`` in ``dtype``, in diffusers' output form."""
-        self.lower_order_nums = min(self.lower_order_nums + 1, self._solver_order)
-        return self._finish_step(i, prev_sample.to(dtype), return_dict=return_dict)
 

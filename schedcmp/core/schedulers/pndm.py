@@ -72,16 +72,17 @@ class PNDMScheduler(VPScheduler):
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Lay out the PRK warm-up calls and the PLMS steps of F-PNDM (Liu et al. 2022 sec. 3)."""
-        num_train = self.config.num_train_timesteps
-        n = self._checked_steps(num_inference_steps)
-        if not self.config.skip_prk_steps and n < 4:
+        config = self.config
+        num_train = config.num_train_timesteps
+        n = self._checked_steps(num_inference_steps, num_train)
+        if not config.skip_prk_steps and n < 4:
             raise ConfigError(
                 f"PNDMScheduler: skip_prk_steps=False needs num_inference_steps >= 4 for its three Runge-Kutta "
                 f"warm-up steps, got {n}; use more steps or skip_prk_steps=True"
             )
-        spacing, offset = self.config.timestep_spacing, self.config.steps_offset
-        ascending = training_timesteps("PNDMScheduler", spacing, num_train, n, offset)[::-1]
-        if self.config.skip_prk_steps:
+        ascending = training_timesteps("PNDMScheduler", config.timestep_spacing, num_train, n, config.steps_offset)
+        ascending = ascending[::-1]
+        if config.skip_prk_steps:
             # PLMS start: the second-to-last timestep is visited twice (one step, then its Heun-like redo).
             self.prk_timesteps = np.zeros(0, dtype=np.int64)
             self.plms_timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1].copy()
@@ -98,6 +99,7 @@ class PNDMScheduler(VPScheduler):
         self._reset_step_counter()
         self._build_stages(begin=0)
         self.timesteps = torch.from_numpy(self._schedule).to(device)
+        self._snapshot_options(config)
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start at schedule index ``begin_index``, the warm-up restarting there as diffusers' counter does."""
@@ -171,8 +173,7 @@ class PNDMScheduler(VPScheduler):
         #   e_k           model outputs (eps; v is converted inside phi), newest e_1
         #   x_t           the sample the transfer starts from (block start for RK stages and the PLMS redo)
         #   phi(x, e)     sqrt(abar_prev / abar_t) x - (abar_prev - abar_t) e / denominator   (eq. 9)
-        self._require_timesteps()
-        i = self._step_in_schedule(len(self._stages))
+        i = self._step_in_schedule(None if self.num_inference_steps is None else len(self._stages))
         stage = self._stages[i]
         base = sample
 
@@ -206,10 +207,10 @@ class PNDMScheduler(VPScheduler):
                 eps = (1 / 24) * (55 * e[-1] - 59 * e[-2] + 37 * e[-3] - 9 * e[-4])
 
         # 2. v-prediction: convert the combined output to eps at t (diffusers converts after combining)
-        if self.config.prediction_type == "v_prediction":
+        if self._options.prediction_type == "v_prediction":
             eps = stage.sqrt_alpha_bar * eps + stage.sqrt_beta_bar * base
 
         # 3. transfer x_t -> x_{t - delta} with phi (eq. 9)
         prev_sample = stage.sample_coeff * base - stage.eps_numerator * eps / stage.eps_denominator
 
-        return self._finish_step(i, prev_sample, return_dict=return_dict)
+        return self._finish_step(i, prev_sample, None, return_dict)

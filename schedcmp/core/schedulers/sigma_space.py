@@ -208,6 +208,8 @@ class ChurnTables:
 class SigmaScheduler(SchedulerMixin):
     """Base of the schedulers on sigma: input scaling, x0 recovery and ``add_noise`` of Karras et al. 2022 Table 1.
 
+    ``_prediction_type`` is the config's, kept by ``set_timesteps`` for ``step`` (a config lookup costs ~1 us).
+
     ``set_timesteps`` calls ``_set_model_sigmas`` with the noise level the model sees at each model call; ``step``
     recovers x0 with ``_predicted_x0``. ``step`` and ``scale_model_input`` read the step counter (see
     ``SchedulerMixin``), never their ``timestep`` argument, and every per-step coefficient is a Python float.
@@ -233,7 +235,7 @@ class SigmaScheduler(SchedulerMixin):
 
     def _predicted_x0(self, model_output: torch.Tensor, sample: torch.Tensor, i: int, sigma: float) -> torch.Tensor:
         """x0 from an eps prediction at ``sigma`` (x - sigma eps), a v prediction (Salimans & Ho 2022 sec. 4), or x0."""
-        kind = self.config.prediction_type
+        kind = self._prediction_type
         if kind == "epsilon":
             return sample - sigma * model_output
         if kind == "v_prediction":
@@ -284,8 +286,9 @@ class TwoStageScheduler(SigmaScheduler):
     ) -> None:
         """Lay out an n-step schedule: sigmas, interleaved timesteps and every per-stage Python float."""
         self.num_inference_steps = n
+        config = self.config
         schedule = sigma_schedule(
-            self.config,
+            config,
             self.alphas_cumprod,
             n,
             num_train_timesteps=num_train_timesteps,
@@ -295,7 +298,8 @@ class TwoStageScheduler(SigmaScheduler):
             round_karras=self._round_karras,
         )
         self._lay_out(schedule, torch.arange(2 * n - 1), device)
-        self.init_noise_sigma = init_noise_sigma_of(self.sigmas, self.config.timestep_spacing)
+        self.init_noise_sigma = init_noise_sigma_of(self.sigmas, config.timestep_spacing)
+        self._prediction_type = config.prediction_type
         self._stage_sample = None
         self._reset_step_counter()
 

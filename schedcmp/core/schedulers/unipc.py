@@ -192,7 +192,6 @@ class UniPCMultistepScheduler(MultistepScheduler):
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
         """One UniPC step: UniC-p corrects x_i with the new output, UniP-p predicts x_{i+1} (Zhao et al. 2023)."""
-        self._require_timesteps()
         i = self._step_in_schedule(self.num_inference_steps)
         # Notation (lambda = log(alpha_t / sigma_t), h = lambda_{i+1} - lambda_i):
         #   x_i     -> `sample` (predicted by the previous step), x_{i+1} -> `prev_sample`
@@ -219,7 +218,7 @@ class UniPCMultistepScheduler(MultistepScheduler):
         # 3. remember m_new; the order is lowered while warming up and, optionally, for the last steps
         self.model_outputs.append(m_new)
         del self.model_outputs[: -self._solver_order]
-        self.this_order = p = self._next_order(i)
+        self.this_order = p = min(self._max_order[i], self.lower_order_nums + 1)
         self.last_sample, self._last_dtype = x, out_dtype
 
         # 4. UniP-p (Sec. 3.2): x_{i+1} from x_i and the last p outputs, rho_p solving R_{p-1} rho_p = g / B(h)
@@ -230,4 +229,5 @@ class UniPCMultistepScheduler(MultistepScheduler):
         if zero_term != 0.0:  # NaN only: see _unipc_coefficients
             prev_sample -= zero_term
 
-        return self._step_taken(i, prev_sample, out_dtype, return_dict)
+        self.lower_order_nums = min(self.lower_order_nums + 1, self._solver_order)
+        return self._finish_step(i, prev_sample.to(out_dtype), None, return_dict)

@@ -10,6 +10,7 @@ alpha_t, sigma_t from it (``VPSigmaScheduler``), on a noise-level grid built by 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -120,12 +121,12 @@ def vp_noise_levels(
     """
     n = num_inference_steps
     train_sigmas = sigmas_from_alphas_cumprod(alphas_cumprod).numpy()  # float32, ascending in t
-    log_sigmas = np.log(train_sigmas)
-    sigma_min = config.get("sigma_min") if config.get("sigma_min") is not None else float(train_sigmas[0])
-    sigma_max = config.get("sigma_max") if config.get("sigma_max") is not None else float(train_sigmas[-1])
     if grid is None:
         sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
     else:
+        log_sigmas = np.log(train_sigmas)
+        sigma_min = config.get("sigma_min") if config.get("sigma_min") is not None else float(train_sigmas[0])
+        sigma_max = config.get("sigma_max") if config.get("sigma_max") is not None else float(train_sigmas[-1])
         if grid == "karras":
             sigmas = karras_sigmas(sigma_min, sigma_max, n)
         elif grid == "lu":
@@ -151,8 +152,8 @@ def vp_noise_levels(
 class VPScheduler(SchedulerMixin):
     """Base of the schedulers on x_t: no input scaling, unit initial noise, alpha-bar by training timestep.
 
-    ``step`` follows the schedule by counting (see ``SchedulerMixin``): its ``timestep`` argument is accepted for
-    diffusers' contract and ignored, every per-step coefficient is precomputed by ``set_timesteps``.
+    ``step`` reads the step counter (see ``SchedulerMixin``), never its ``timestep`` argument; every per-step
+    coefficient is precomputed by ``set_timesteps``.
     """
 
     init_noise_sigma = 1.0
@@ -168,9 +169,21 @@ class VPScheduler(SchedulerMixin):
         """The model input is x_t itself (VP parametrisation): returned unchanged."""
         return sample
 
-    def _step_in_schedule(self, num_steps: int, past_end: type[Exception] = ConfigError) -> int:
-        """The index of this ``step``; ``past_end`` is raised when the schedule of ``set_timesteps`` is used up."""
-        i = self._current_step_index()
+    def _snapshot_options(self, config: Mapping[str, Any]) -> None:
+        """Keep the config as plain attributes (``_options``) for ``step``, where a config lookup (~1 us) counts.
+
+        Called last in ``set_timesteps`` (after any config change it makes), so ``step`` reads the config in force.
+        """
+        self._options = SimpleNamespace(**config)
+
+    def _step_in_schedule(self, num_steps: int | None, past_end: type[Exception] = ConfigError) -> int:
+        """The index of this ``step`` in a schedule of ``num_steps`` (None: ``set_timesteps`` was not called yet);
+        ``past_end`` is raised when the schedule is used up."""
+        if num_steps is None:
+            raise ConfigError(f"{type(self).__name__}: call set_timesteps before step")
+        i = self._step_index
+        if i is None:  # the first step of a loop
+            i = self._current_step_index()
         if i >= num_steps:
             raise past_end(
                 f"{type(self).__name__}: step {i + 1} called but the schedule has {num_steps} steps; "
@@ -178,14 +191,9 @@ class VPScheduler(SchedulerMixin):
             )
         return i
 
-    def _require_timesteps(self) -> None:
-        """Refuse a ``step`` before ``set_timesteps``."""
-        if self.num_inference_steps is None:
-            raise ConfigError(f"{type(self).__name__}: call set_timesteps before step")
-
-    def _bounded_x0(self, x0: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _bounded_x0(x0: torch.Tensor, config: Mapping[str, Any]) -> torch.Tensor:
         """Keep x0 in range: dynamic thresholding (Saharia et al. 2022 sec. 2.3) or plain clipping, as configured."""
-        config = self.config
         if config.thresholding:
             return dynamic_threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
         if config.clip_sample:
