@@ -28,12 +28,11 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import torch
-import transformers
 
 ROOT = Path(__file__).parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
-from tiny_sd import write_clip_vocab  # noqa: E402
+from sd_models import build_sd15_folder  # noqa: E402
 
 import schedcmp.core as core  # noqa: E402
 from schedcmp.core.load import load_pipeline  # noqa: E402
@@ -44,38 +43,6 @@ FIXTURES = ROOT / "tests" / "fixtures"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROMPT = "A photograph of an astronaut riding a horse on Mars, high resolution, high definition."
 UNET_TFLOP_PER_IMAGE = 0.80  # SD 1.5 UNet at 64x64 latents, one image, one call (issue 5)
-
-
-def sd15_config(name: str, reduced: bool) -> dict:
-    """A real SD 1.5 component config; ``reduced`` shrinks widths and depth for a CPU dry run."""
-    config = json.loads((FIXTURES / "sd15" / name / "config.json").read_text())
-    if reduced and name == "unet":
-        config.update(block_out_channels=[32, 64, 64, 64], attention_head_dim=4, cross_attention_dim=64,
-                      layers_per_block=1, norm_num_groups=16)
-    if reduced and name == "vae":
-        config.update(block_out_channels=[16, 32, 32, 32], layers_per_block=1, norm_num_groups=16)
-    if reduced and name == "text_encoder":
-        config.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
-    return config
-
-
-def build_folder(folder: Path, reduced: bool, device: str, dtype: torch.dtype) -> None:
-    """Random-weight SD 1.5 in diffusers' folder layout, initialised directly on the device."""
-    torch.manual_seed(0)
-    with torch.device(device):
-        unet = diffusers.UNet2DConditionModel.from_config(sd15_config("unet", reduced))
-        vae = diffusers.AutoencoderKL.from_config(sd15_config("vae", reduced))
-        text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(**sd15_config("text_encoder", reduced)))
-    vocab = write_clip_vocab(folder.parent / "vocab")
-    for file in (FIXTURES / "clip-tokenizer" / "sd1").glob("*.json"):
-        (vocab / file.name).write_bytes(file.read_bytes())
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=vae.to(dtype), text_encoder=text_encoder.to(dtype), unet=unet.to(dtype),
-        tokenizer=transformers.CLIPTokenizer.from_pretrained(vocab),
-        scheduler=diffusers.PNDMScheduler.from_pretrained(FIXTURES / "sd15", subfolder="scheduler"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder)
 
 
 def max_abs(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
@@ -186,7 +153,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "sd15-random"
         start = time.perf_counter()
-        build_folder(folder, args.reduced, args.device, dtype)
+        build_sd15_folder(folder, args.reduced, args.device, dtype)
         report["build seconds"] = round(time.perf_counter() - start, 1)
         ours = load_pipeline(str(folder), args.device, dtype)
         theirs = diffusers.StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype).to(args.device)

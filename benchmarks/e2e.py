@@ -1,0 +1,154 @@
+"""End to end: the diffusers "swap the scheduler and call the pipeline again" loop against schedcmp.
+
+For each model and plan, in one process, interleaved over repetitions (A B C A B C ...):
+  (a) diffusers' StableDiffusionPipeline looping over ``from_config`` swaps exactly as the guide does,
+  (b) schedcmp in sequential mode, (c) schedcmp in batched mode,
+with the same model folder, size, guidance, seed and dtype. Prints median wall seconds, the ratios ours /
+diffusers, peak device memory on CUDA, and the largest pixel difference between the libraries' images, so a fast
+wrong answer cannot pass (DPMSolverSDE runs are left out of that check: diffusers draws their noise from torchsde,
+we from the run's generator). builtin:shapes has no diffusers counterpart and is timed for schedcmp alone.
+
+    .venv/bin/python benchmarks/e2e.py                       # CPU: tiny SD, reduced SD 1.5 shape, builtin
+    .venv/bin/python benchmarks/e2e.py --device cuda --dtype fp16 --size 512 --models sd15   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+
+from sd_models import build_sd15_folder  # noqa: E402
+from tiny_sd import build_tiny_sd  # noqa: E402
+
+from schedcmp.core.load import load_pipeline  # noqa: E402
+from schedcmp.core.schedulers import ALIASES  # noqa: E402
+from schedcmp.engine import Engine, synchronize  # noqa: E402
+from schedcmp.plan import build_plan  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PROMPT = "A photograph of an astronaut riding a horse on Mars, high resolution, high definition."
+
+
+def plans(model: str, size: int) -> dict[str, dict]:
+    """The seven runs of the guide, and every alias at 10, 20 and 30 steps."""
+    common = {"model": model, "size": f"{size}x{size}", "prompt": PROMPT}
+    return {
+        "seed-doc (7 runs)": {"path": ROOT / "configs" / "seed-doc.yaml", **common},
+        "15 schedulers x {10,20,30}": {
+            "path": None, "schedulers": ",".join(a.name for a in ALIASES), "steps": "10,20,30", **common
+        },
+    }
+
+
+def diffusers_loop(pipe, plan, size: int, device: torch.device) -> tuple[float, list[np.ndarray]]:
+    """The guide's workflow: from_config swap, fresh generator, pipeline call; wall seconds and images."""
+    base = dict(pipe.scheduler.config)
+    images = []
+    synchronize(device)
+    start = time.perf_counter()
+    for run in plan.runs:
+        pipe.scheduler = getattr(diffusers, run.preset.cls.__name__).from_config(
+            base, **run.preset.options, **run.config_options
+        )
+        out = pipe(plan.prompt, num_inference_steps=run.steps, guidance_scale=plan.guidance, height=size,
+                   width=size, generator=torch.Generator(device).manual_seed(plan.seed), output_type="np")
+        images.append(out.images[0])
+    synchronize(device)
+    return time.perf_counter() - start, images
+
+
+def ours_run(pipeline, plan) -> tuple[float, list[np.ndarray]]:
+    """schedcmp's engine on the plan; wall seconds and images."""
+    report = Engine(pipeline, plan).run()
+    images = [np.asarray(r.image, dtype=np.float32) / 255 for r in report.results]
+    return report.wall_seconds, images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--models", default="tiny,reduced,builtin")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models stall with more)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")
+    diffusers.utils.logging.set_verbosity_error()
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    table = Table(title=f"End to end on {args.device} {args.dtype}: median wall seconds of {args.repeats} "
+                        "interleaved repetitions")
+    for column in ("model", "plan", "diffusers loop", "schedcmp sequential", "ratio", "schedcmp batched", "ratio",
+                   "max pixel diff", "peak MiB (diffusers / ours)"):
+        table.add_column(column, justify="left" if column in ("model", "plan") else "right")
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models.split(","):
+            if model == "builtin":
+                folder, pipe, size = "builtin:shapes", None, 64
+                pipeline = load_pipeline(folder, device, torch.float32)
+            else:
+                path = Path(tmp) / model
+                if model == "tiny":
+                    build_tiny_sd(path, "sd1")
+                else:
+                    build_sd15_folder(path, reduced=model == "reduced", device=args.device, dtype=dtype)
+                folder, size = str(path), args.size if model != "tiny" else 32
+                pipeline = load_pipeline(folder, device, dtype)
+                pipe = diffusers.StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype).to(device)
+                pipe.set_progress_bar_config(disable=True)
+            for plan_name, spec in plans(folder, size).items():
+                path = spec.pop("path")
+                seconds: dict[str, list[float]] = {"diffusers": [], "sequential": [], "batched": []}
+                peaks = {"diffusers": 0, "ours": 0}
+                difference = float("nan")
+                for _ in range(args.repeats):
+                    if pipe is not None:
+                        if device.type == "cuda":
+                            torch.cuda.reset_peak_memory_stats()
+                        elapsed, theirs = diffusers_loop(pipe, build_plan(path, spec), size, device)
+                        seconds["diffusers"].append(elapsed)
+                        if device.type == "cuda":
+                            peaks["diffusers"] = torch.cuda.max_memory_allocated() >> 20
+                    for mode in ("sequential", "batched"):
+                        if device.type == "cuda":
+                            torch.cuda.reset_peak_memory_stats()
+                        elapsed, ours = ours_run(pipeline, build_plan(path, {**spec, "mode": mode}))
+                        seconds[mode].append(elapsed)
+                        if device.type == "cuda":
+                            peaks["ours"] = max(peaks["ours"], torch.cuda.max_memory_allocated() >> 20)
+                    if pipe is not None:
+                        # DPMSolverSDE draws its Brownian noise from the generator here, from torchsde there.
+                        runs = build_plan(path, spec).runs
+                        same_noise = [r.preset.cls.__name__ != "DPMSolverSDEScheduler" for r in runs]
+                        difference = max(
+                            float(np.abs(a - b).max())
+                            for a, b, comparable in zip(ours, theirs, same_noise, strict=True)
+                            if comparable
+                        )
+                median = {k: statistics.median(v) if v else float("nan") for k, v in seconds.items()}
+                table.add_row(
+                    model, plan_name, f"{median['diffusers']:.2f}", f"{median['sequential']:.2f}",
+                    f"{median['sequential'] / median['diffusers']:.2f}", f"{median['batched']:.2f}",
+                    f"{median['batched'] / median['diffusers']:.2f}", f"{difference:.4f}",
+                    f"{peaks['diffusers']} / {peaks['ours']}" if device.type == "cuda" else "n/a (CPU)",
+                )
+    Console(width=160).print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Random-weight Stable Diffusion 1.5-shaped models for benchmarks, built from the real configs (no download)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+
+ROOT = Path(__file__).parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from tiny_sd import write_clip_vocab  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def sd15_config(name: str, reduced: bool) -> dict:
+    """A real SD 1.5 component config; ``reduced`` shrinks widths and depth for a CPU dry run."""
+    config = json.loads((FIXTURES / "sd15" / name / "config.json").read_text())
+    if reduced and name == "unet":
+        config.update(block_out_channels=[32, 64, 64, 64], attention_head_dim=4, cross_attention_dim=64,
+                      layers_per_block=1, norm_num_groups=16)
+    if reduced and name == "vae":
+        config.update(block_out_channels=[16, 32, 32, 32], layers_per_block=1, norm_num_groups=16)
+    if reduced and name == "text_encoder":
+        config.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    return config
+
+
+def build_sd15_folder(folder: Path, reduced: bool, device: str, dtype: torch.dtype) -> None:
+    """Random-weight SD 1.5 in diffusers' folder layout, initialised directly on the device."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = diffusers.UNet2DConditionModel.from_config(sd15_config("unet", reduced))
+        vae = diffusers.AutoencoderKL.from_config(sd15_config("vae", reduced))
+        text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(**sd15_config("text_encoder", reduced)))
+    vocab = write_clip_vocab(folder.parent / "vocab")
+    for file in (FIXTURES / "clip-tokenizer" / "sd1").glob("*.json"):
+        (vocab / file.name).write_bytes(file.read_bytes())
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae.to(dtype), text_encoder=text_encoder.to(dtype), unet=unet.to(dtype),
+        tokenizer=transformers.CLIPTokenizer.from_pretrained(vocab),
+        scheduler=diffusers.PNDMScheduler.from_pretrained(FIXTURES / "sd15", subfolder="scheduler"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
