@@ -21,9 +21,10 @@ from rich.table import Table
 
 sys.path[:0] = [str(Path(__file__).parents[1] / "tests")]
 
-import schedcmp.core as core  # noqa: E402
 from scheduler_cases import ALL_CASES, CLASS_NAMES  # noqa: E402
 from test_scheduler_parity import PhaseError, run_loop  # noqa: E402
+
+import schedcmp.core as core  # noqa: E402
 
 
 def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:

@@ -21,9 +21,12 @@ def share_brownian_noise(scheduler: Any, generator_seed: int = 1234, ours: bool 
     where diffusers would build its own: with the sigma range diffusers uses and a fresh generator seeded like
     the one the harness passes to our ``step``.
     """
-    if ours:
-        return
-    generator = torch.Generator().manual_seed(generator_seed)
+    if not ours:
+        install_brownian_sampler(scheduler, torch.Generator().manual_seed(generator_seed))
+
+
+def install_brownian_sampler(scheduler: Any, generator: torch.Generator) -> None:
+    """Make diffusers' SDE scheduler draw its Brownian path with our sampler from ``generator`` at its first step."""
     original_step = scheduler.step
 
     def step_with_shared_noise(model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args, **kwargs):

@@ -9,6 +9,7 @@ import diffusers
 import numpy as np
 import pytest
 import torch
+from sde_bridge import install_brownian_sampler
 from tiny_sd import build_tiny_sd
 from typer.testing import CliRunner
 
@@ -17,7 +18,6 @@ from schedcmp.cli import app
 from schedcmp.core.errors import WeightsError
 from schedcmp.core.load import load_pipeline
 from schedcmp.core.pipeline import StableDiffusionPipeline
-from schedcmp.core.schedulers.dpmsolver_sde import BrownianNoiseSampler
 from schedcmp.engine import Engine
 from schedcmp.plan import build_plan
 
@@ -67,16 +67,7 @@ def share_our_brownian_path(scheduler, seed: int, latent_shape: tuple[int, ...])
     state ours is in after the initial latents (seeded, then one latent-sized draw)."""
     generator = torch.Generator().manual_seed(seed)
     torch.randn(latent_shape, generator=generator)
-    original_step = scheduler.step
-
-    def step(model_output, timestep, sample, *args, **kwargs):
-        if scheduler.noise_sampler is None:
-            sigmas = scheduler.sigmas
-            sigma_min, sigma_max = sigmas[sigmas > 0].min().item(), sigmas.max().item()
-            scheduler.noise_sampler = BrownianNoiseSampler(sample, sigma_min, sigma_max, generator=generator)
-        return original_step(model_output, timestep, sample, *args, **kwargs)
-
-    scheduler.step = step
+    install_brownian_sampler(scheduler, generator)
 
 
 def diffusers_images(pipe, scheduler_cls: str, options: dict, steps: int, seed: int, guidance: float = 7.5):

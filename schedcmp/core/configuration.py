@@ -82,6 +82,9 @@ class FrozenConfig(dict):
         return self
 
 
+_EMPTY_CONFIG = FrozenConfig()
+
+
 def init_keys(cls: type) -> set[str]:
     """The configurable keys of a class: the parameters of its ``__init__`` besides ``self`` and ``**kwargs``."""
     params = inspect.signature(cls.__init__).parameters
@@ -156,7 +159,7 @@ class ConfigMixin:
     @property
     def config(self) -> FrozenConfig:
         """The read-only configuration this object was built from."""
-        return self.__dict__.get("_internal_dict", FrozenConfig())
+        return self.__dict__.get("_internal_dict", _EMPTY_CONFIG)
 
     def register_to_config(self, **kwargs: Any) -> None:
         """Add (or replace) keys of the config; the result is a new frozen mapping."""
