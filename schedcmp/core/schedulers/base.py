@@ -15,6 +15,7 @@ from .schedules import check_num_inference_steps
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
 S = TypeVar("S", bound="SchedulerMixin")
+Scalars = tuple[torch.Tensor, ...]  # per-step coefficients as 0-dim tensors, see ``step_scalars``
 
 
 @dataclass
@@ -57,7 +58,24 @@ def randn_tensor(
         one = (1, *shape[1:])
         parts = [torch.randn(one, generator=g, device=rand_device, dtype=dtype) for g in generator[: shape[0]]]
         return torch.cat(parts, dim=0).to(device)
-    return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
+    noise = torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype)
+    return noise if rand_device == device else noise.to(device)
+
+
+def step_scalars(values: torch.Tensor | Sequence[float]) -> Scalars:
+    """One 0-dim float32 CPU tensor per entry: a per-step coefficient in the form ``step`` multiplies by cheapest.
+
+    A Python float is wrapped into a fresh tensor on every arithmetic call (~2 us each on a 64x64 latent); a
+    0-dim CPU tensor is used as is and, like a Python scalar (and like diffusers' CPU sigmas), combines with
+    tensors on any device and never promotes their dtype. The values are diffusers' float32 coefficients, so
+    results are unchanged.
+    """
+    return torch.as_tensor(values, dtype=torch.float32).unbind()
+
+
+def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor.to(dtype)``, without the cost of the call (~1 us) when it already has that dtype."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 class SchedulerMixin(ConfigMixin):

@@ -15,7 +15,7 @@ import torch
 
 from ..configuration import register_to_config
 from ..errors import ConfigError
-from .base import SchedulerMixin, SchedulerOutput
+from .base import Scalars, SchedulerMixin, SchedulerOutput, cast, step_scalars
 from .schedules import check_num_inference_steps, karras_ramp
 from .sigma_space import ChurnTables, SigmaScheduler
 
@@ -24,7 +24,8 @@ class EDMEulerScheduler(SigmaScheduler):
     """Euler steps for a model preconditioned as in Karras et al. 2022 Table 1 (EDM); timesteps are c_noise.
 
     Its noise levels come from the EDM config (sigma_min, sigma_max, rho), not from a DDPM training schedule; the
-    preconditioning c_in, c_skip, c_out is computed per step (and per churn setting) as Python floats.
+    preconditioning c_in, c_skip, c_out is computed per step (and per churn setting) as 0-dim tensors
+    (see ``step_scalars``).
     """
 
     order = 1
@@ -73,25 +74,25 @@ class EDMEulerScheduler(SigmaScheduler):
         return sigmas.to(torch.float32)
 
     def _install(self, ramp: torch.Tensor, device: torch.device | str | None) -> None:
-        """Build sigmas and c_noise timesteps from a ramp and precompute every per-step Python float."""
+        """Build sigmas and c_noise timesteps from a ramp and precompute every per-step coefficient."""
         sigmas = self._schedule(ramp)
         self.timesteps = (0.25 * torch.log(sigmas)).to(device)  # c_noise, Table 1
         last = sigmas[-1:] if self.config.final_sigmas_type == "sigma_min" else torch.zeros(1)
         self.sigmas = torch.cat([sigmas, last])
-        self._input_scale = (1 / ((self.sigmas**2 + self.config.sigma_data**2) ** 0.5)).tolist()  # c_in
+        self._input_scale = step_scalars(1 / ((self.sigmas**2 + self.config.sigma_data**2) ** 0.5))  # c_in
         self._tables = ChurnTables(self.sigmas)
-        self._preconditioning: dict[tuple[float, float, float], tuple[list[float], list[float]]] = {}
+        self._preconditioning: dict[tuple[float, float, float], tuple[Scalars, Scalars]] = {}
         self._reset_step_counter()
 
-    def _c_skip_out(self, key: tuple[float, float, float], sigma_hat: list[float]) -> tuple[list[float], list[float]]:
+    def _c_skip_out(self, key: tuple[float, float, float], sigma_hat: Scalars) -> tuple[Scalars, Scalars]:
         """c_skip and c_out of Table 1 at each step's sigma_hat, in diffusers' float32 arithmetic (cached)."""
         cached = self._preconditioning.get(key)
         if cached is None:
-            sigma, sigma_data = torch.tensor(sigma_hat, dtype=torch.float32), self.config.sigma_data
+            sigma, sigma_data = torch.stack(sigma_hat), self.config.sigma_data
             c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
             sign = 1 if self.config.prediction_type == "epsilon" else -1
             c_out = sign * sigma * sigma_data / (sigma**2 + sigma_data**2) ** 0.5
-            cached = self._preconditioning[key] = (c_skip.tolist(), c_out.tolist())
+            cached = self._preconditioning[key] = (step_scalars(c_skip), step_scalars(c_out))
         return cached
 
     def set_timesteps(
@@ -153,9 +154,10 @@ class EDMEulerScheduler(SigmaScheduler):
         # 2. denoiser output D(x^; sigma^) = c_skip x^ + c_out F (eq. 7, Table 1)
         if pred_original_sample is None:
             c_skip, c_out = self._c_skip_out(key, table.sigma_hat)
-            pred_original_sample = c_skip[i] * sample + c_out[i] * model_output
+            pred_original_sample = sample * c_skip[i] + model_output * c_out[i]
 
-        # 3. Euler step x_{i+1} = x^ + (sigma_{i+1} - sigma^) d (Alg. 2 lines 7-8), in diffusers' operation order
-        derivative = (sample - pred_original_sample) / sigma_hat
-        prev_sample = (sample + derivative * table.dt[i]).to(model_output.dtype)
+        # 3. Euler step x_{i+1} = x^ + (sigma_{i+1} - sigma^) d (Alg. 2 lines 7-8), diffusers' operations in its
+        #    order, in place on the fresh slope tensor
+        derivative = (sample - pred_original_sample).div_(sigma_hat)
+        prev_sample = cast(derivative.mul_(table.dt[i]).add_(sample), model_output.dtype)
         return self._finish_step(i, prev_sample, pred_original_sample, return_dict)

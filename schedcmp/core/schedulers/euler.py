@@ -14,7 +14,7 @@ import torch
 
 from ..configuration import register_to_config
 from ..errors import ConfigError
-from .base import SchedulerOutput
+from .base import SchedulerOutput, cast
 from .schedules import (
     BetaSchedule,
     TimestepSpacing,
@@ -174,7 +174,8 @@ class EulerDiscreteScheduler(SigmaScheduler):
         pred_original_sample = self._predicted_x0(model_output, sample, i, sigma_hat)
 
         # 3. Euler step x_{i+1} = x^ + (sigma_{i+1} - sigma^) d, d = (x^ - x0) / sigma^ (Alg. 2 lines 7-8, eq. 3);
-        #    kept in diffusers' operation order, whose float32 rounding matters when sigma_max is large
-        derivative = (sample - pred_original_sample) / sigma_hat
-        prev_sample = (sample + derivative * table.dt[i]).to(model_output.dtype)
+        #    diffusers' operations in its order, whose float32 rounding matters when sigma_max is large, in place
+        #    on the fresh slope tensor
+        derivative = (sample - pred_original_sample).div_(sigma_hat)
+        prev_sample = cast(derivative.mul_(table.dt[i]).add_(sample), model_output.dtype)
         return self._finish_step(i, prev_sample, pred_original_sample, return_dict)

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 
 from ..configuration import register_to_config
-from .base import SchedulerOutput, randn_tensor
+from .base import SchedulerOutput, cast, randn_tensor, step_scalars
 from .schedules import BetaSchedule, TimestepSpacing
 from .sigma_space import (
     SigmaScheduler,
@@ -66,8 +66,8 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
         sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
         self._set_model_sigmas(sigmas)
-        self._sigma_up = sigma_up.tolist()
-        self._dt = (sigma_down - sigma_from).tolist()
+        self._sigma_up = step_scalars(sigma_up)
+        self._dt = step_scalars(sigma_down - sigma_from)
         self._reset_step_counter()
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
@@ -94,18 +94,18 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         # sigma_down -> sqrt(sigma_{i+1}^2 - sigma_up^2), where the deterministic part of the step lands
         i = self._current_step_index()
         sigma = self._model_sigma[i]
-        sample = sample.to(torch.float32)
+        sample = cast(sample, torch.float32)
 
         # 1. x0 from the model output: eps or v (Salimans & Ho 2022 sec. 4)
         pred_original_sample = self._predicted_x0(model_output, sample, i, sigma)
 
         # 2. Euler step of the probability-flow ODE (Karras et al. 2022 eq. 3) from sigma_i to sigma_down,
-        #    in diffusers' operation order
-        derivative = (sample - pred_original_sample) / sigma
-        prev_sample = sample + derivative * self._dt[i]
+        #    diffusers' operations in its order, in place on the fresh slope tensor
+        derivative = (sample - pred_original_sample).div_(sigma)
+        prev_sample = derivative.mul_(self._dt[i]).add_(sample)
 
         # 3. ancestral noise: x_{i+1} = x_down + sigma_up * z, z ~ N(0, I) (drawn even when sigma_up = 0,
         #    so the generator advances as diffusers' does)
         noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
-        prev_sample = (prev_sample + noise * self._sigma_up[i]).to(model_output.dtype)
+        prev_sample = cast(prev_sample.add_(noise.mul_(self._sigma_up[i])), model_output.dtype)
         return self._finish_step(i, prev_sample, pred_original_sample, return_dict)

@@ -14,7 +14,7 @@ import torch
 
 from ..configuration import register_to_config
 from ..errors import ConfigError
-from .base import SchedulerOutput
+from .base import SchedulerOutput, step_scalars
 from .schedules import TimestepSpacing
 from .sigma_space import (
     Device,
@@ -88,11 +88,13 @@ class HeunDiscreteScheduler(TwoStageScheduler):
         timesteps = torch.from_numpy(np.asarray(schedule.timesteps))
         self.timesteps = repeat_after_first(timesteps).to(device, torch.float32)
         # Per counter position: both stages of a step share sigma and sigma_next; the model sees (and x0 / the
-        # slope use) sigma at the predictor, sigma_next at the corrector
+        # slope use) sigma at the predictor, sigma_next at the corrector. The corrector's halving of d_i + d' is
+        # folded into its dt: (d / 2) dt and d (dt / 2) round alike, halving being exact in binary floating point
         start = index - index % 2
+        predictor = index % 2 == 0
         sigma, sigma_next = self.sigmas[start], self.sigmas[start + 1]
-        self._set_model_sigmas(torch.where(index % 2 == 0, sigma, sigma_next))
-        self._dt = (sigma_next - sigma).tolist()
+        self._set_model_sigmas(torch.where(predictor, sigma, sigma_next))
+        self._dt = step_scalars(torch.where(predictor, sigma_next - sigma, (sigma_next - sigma) / 2))
         self._stage_derivative = None
 
     def step(
@@ -116,14 +118,16 @@ class HeunDiscreteScheduler(TwoStageScheduler):
         if self._clip_range is not None:
             pred_original_sample = pred_original_sample.clamp(-self._clip_range, self._clip_range)
 
-        derivative = (sample - pred_original_sample) / sigma
+        # (diffusers' operations in its order, in place on the fresh slope tensor)
+        derivative = (sample - pred_original_sample).div_(sigma)
         start = self._stage_start(i, sample)
         if i % 2 == 0:
             # 2. predictor: d_i at s, Euler x'_{i+1} = x_i + (s' - s) d_i (Alg. 1 lines 4-5); keep x_i, d_i
             self._stage_derivative = derivative
+            prev_sample = derivative * self._dt[i]
         else:
-            # 3. corrector: x_{i+1} = x_i + (s' - s) (d_i + d') / 2 (Alg. 1 lines 7-8)
-            derivative = (self._stage_derivative + derivative) / 2
+            # 3. corrector: x_{i+1} = x_i + (s' - s) / 2 (d_i + d') (Alg. 1 lines 7-8)
+            prev_sample = derivative.add_(self._stage_derivative).mul_(self._dt[i])
             self._stage_derivative = None
-        prev_sample = start + derivative * self._dt[i]
+        prev_sample = prev_sample.add_(start)
         return self._finish_step(i, prev_sample, pred_original_sample, return_dict)

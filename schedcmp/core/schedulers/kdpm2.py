@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from ..configuration import register_to_config
-from .base import SchedulerOutput
+from .base import SchedulerOutput, step_scalars
 from .schedules import BetaSchedule, TimestepSpacing, sigma_to_t_float32
 from .sigma_space import Device, SigmaSchedule, TwoStageScheduler, interleave_midpoints, kdpm2_layout, with_final_sigma
 
@@ -66,7 +66,7 @@ class KDPM2DiscreteScheduler(TwoStageScheduler):
         sigma_mid = self.sigmas_interpol[index + first.long()]
         sigma_next = self.sigmas[index + first.long()]
         self._set_model_sigmas(torch.where(first, sigma, sigma_mid))  # the noise level the model saw
-        self._dt = torch.where(first, sigma_mid - sigma, sigma_next - sigma).tolist()
+        self._dt = step_scalars(torch.where(first, sigma_mid - sigma, sigma_next - sigma))
 
     def step(
         self,
@@ -89,6 +89,7 @@ class KDPM2DiscreteScheduler(TwoStageScheduler):
 
         # 2. first stage: d at s, x_mid = x_i + (s_mid - s) d, x_i kept for the second stage;
         # 3. second stage: d_mid at s_mid, x_{i+1} = x_i + (s' - s) d_mid (the midpoint rule)
-        derivative = (sample - pred_original_sample) / sigma
-        prev_sample = self._stage_start(i, sample) + derivative * self._dt[i]
+        # (diffusers' operations in its order, in place on the fresh slope tensor)
+        derivative = (sample - pred_original_sample).div_(sigma)
+        prev_sample = derivative.mul_(self._dt[i]).add_(self._stage_start(i, sample))
         return self._finish_step(i, prev_sample, pred_original_sample, return_dict)

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from ..configuration import register_to_config
-from .base import SchedulerOutput, randn_tensor
+from .base import SchedulerOutput, randn_tensor, step_scalars
 from .schedules import BetaSchedule, TimestepSpacing, sigma_to_t_float32
 from .sigma_space import Device, SigmaSchedule, TwoStageScheduler, interleave_midpoints, kdpm2_layout, with_final_sigma
 
@@ -73,8 +73,8 @@ class KDPM2AncestralDiscreteScheduler(TwoStageScheduler):
         own = index - (~first).long()  # the table entry of the step this stage belongs to
         sigma, sigma_mid = self.sigmas[own], self.sigmas_interpol[own]
         self._set_model_sigmas(torch.where(first, sigma, sigma_mid))  # the noise level the model saw
-        self._dt = torch.where(first, sigma_mid - sigma, self.sigmas_down[own] - sigma).tolist()
-        self._noise_std = self.sigmas_up[own].tolist()
+        self._dt = step_scalars(torch.where(first, sigma_mid - sigma, self.sigmas_down[own] - sigma))
+        self._noise_std = step_scalars(self.sigmas_up[own])
 
     def step(
         self,
@@ -98,9 +98,10 @@ class KDPM2AncestralDiscreteScheduler(TwoStageScheduler):
 
         # 2. first stage: d at s, x_mid = x_i + (s_mid - s) d, x_i kept for the second stage;
         # 3. second stage: x_{i+1} = x_i + (s_down - s) d_mid + s_up * z, z ~ N(0, I) (ancestral sampling)
-        derivative = (sample - pred_original_sample) / sigma
-        prev_sample = self._stage_start(i, sample) + derivative * self._dt[i]
+        # (diffusers' operations in its order, in place on the fresh slope and noise tensors)
+        derivative = (sample - pred_original_sample).div_(sigma)
+        prev_sample = derivative.mul_(self._dt[i]).add_(self._stage_start(i, sample))
         if i % 2 == 1:
             noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
-            prev_sample = prev_sample + noise * self._noise_std[i]
+            prev_sample = prev_sample.add_(noise.mul_(self._noise_std[i]))
         return self._finish_step(i, prev_sample, pred_original_sample, return_dict)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import SchedulerMixin, randn_tensor
+from .base import Scalars, SchedulerMixin, cast, randn_tensor, step_scalars
 from .schedules import (
     alphas_cumprod_of,
     check_sigma_grid_choice,
@@ -150,14 +150,15 @@ def interleave_midpoints(timesteps: torch.Tensor, midpoints: torch.Tensor) -> to
 
 @dataclass(frozen=True)
 class ChurnTable:
-    """Per-step Python floats of Karras et al. 2022 Algorithm 2 for one churn setting (one entry per step).
+    """Per-step coefficients of Karras et al. 2022 Algorithm 2 for one churn setting (one entry per step).
 
-    ``sigma_hat`` is the raised noise level, ``dt = sigma_{i+1} - sigma_hat`` and ``noise`` the std of the churn
-    noise added first (0: no noise is drawn). All are diffusers' float32 values, exactly.
+    ``sigma_hat`` is the raised noise level and ``dt = sigma_{i+1} - sigma_hat`` (0-dim tensors, see
+    ``step_scalars``); ``noise`` is the std of the churn noise added first (Python floats, 0: no noise is drawn).
+    All are diffusers' float32 values, exactly.
     """
 
-    sigma_hat: list[float]
-    dt: list[float]
+    sigma_hat: Scalars
+    dt: Scalars
     noise: list[float]
 
     @classmethod
@@ -169,7 +170,7 @@ class ChurnTable:
         in_range = (sigma >= s_tmin) & (sigma <= s_tmax)
         sigma_hat = torch.where(in_range, sigma * (gamma + 1), sigma)
         noise = torch.where(in_range, (sigma_hat**2 - sigma**2) ** 0.5, 0.0) if gamma > 0 else torch.zeros_like(sigma)
-        return cls(sigma_hat.tolist(), (sigma_next - sigma_hat).tolist(), noise.tolist())
+        return cls(step_scalars(sigma_hat), step_scalars(sigma_next - sigma_hat), noise.tolist())
 
     def churn(
         self,
@@ -181,7 +182,7 @@ class ChurnTable:
     ) -> torch.Tensor:
         """x^ = x + sqrt(sigma_hat^2 - sigma_i^2) s_noise eps (Alg. 2 lines 5-6) in float32; noise drawn like
         ``model_output`` only where there is churn."""
-        sample = sample.to(torch.float32)
+        sample = cast(sample, torch.float32)
         if self.noise[i] > 0:
             noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
             sample = sample + (noise * s_noise) * self.noise[i]
@@ -212,7 +213,9 @@ class SigmaScheduler(SchedulerMixin):
 
     ``set_timesteps`` calls ``_set_model_sigmas`` with the noise level the model sees at each model call; ``step``
     recovers x0 with ``_predicted_x0``. ``step`` and ``scale_model_input`` read the step counter (see
-    ``SchedulerMixin``), never their ``timestep`` argument, and every per-step coefficient is a Python float.
+    ``SchedulerMixin``), never their ``timestep`` argument, and every per-step coefficient is precomputed, as a
+    0-dim tensor where it multiplies a tensor (``step_scalars``). A coefficient always multiplies from the right
+    (``model_output * sigma``), the form in which float16 tensors use it in float32, as with a Python float.
     """
 
     sigmas: torch.Tensor
@@ -224,20 +227,22 @@ class SigmaScheduler(SchedulerMixin):
         v-prediction's x0 = out * c_out + x / c_den with c_out = -sigma / sqrt(sigma^2 + 1) and c_den = sigma^2 + 1,
         diffusers' float32 factors (Salimans & Ho 2022 sec. 4 in sigma form).
         """
-        self._model_sigma = model_sigmas.tolist()
-        self._input_scale = ((model_sigmas**2 + 1) ** 0.5).tolist()
-        self._c_out = (-model_sigmas / (model_sigmas**2 + 1) ** 0.5).tolist()
-        self._c_den = (model_sigmas**2 + 1).tolist()
+        self._model_sigma = step_scalars(model_sigmas)
+        self._input_scale = step_scalars((model_sigmas**2 + 1) ** 0.5)
+        self._c_out = step_scalars(-model_sigmas / (model_sigmas**2 + 1) ** 0.5)
+        self._c_den = step_scalars(model_sigmas**2 + 1)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """Divide by sqrt(sigma^2 + 1): the VP model's input scale (Karras et al. 2022 Table 1, c_in)."""
         return sample / self._input_scale[self._current_step_index()]
 
-    def _predicted_x0(self, model_output: torch.Tensor, sample: torch.Tensor, i: int, sigma: float) -> torch.Tensor:
+    def _predicted_x0(
+        self, model_output: torch.Tensor, sample: torch.Tensor, i: int, sigma: torch.Tensor
+    ) -> torch.Tensor:
         """x0 from an eps prediction at ``sigma`` (x - sigma eps), a v prediction (Salimans & Ho 2022 sec. 4), or x0."""
         kind = self._prediction_type
         if kind == "epsilon":
-            return sample - sigma * model_output
+            return sample - model_output * sigma
         if kind == "v_prediction":
             return model_output * self._c_out[i] + sample / self._c_den[i]
         return model_output
