@@ -14,7 +14,7 @@ import torch
 
 from ..configuration import register_to_config
 from ..errors import ConfigError
-from .base import SchedulerOutput, randn_tensor
+from .base import SchedulerOutput, randn_tensor, step_scalars
 from .schedules import TimestepSpacing, make_betas
 from .vp import PredictionType, VPScheduler, alpha_bars_at, check_thresholding, predicted_x0, training_timesteps
 
@@ -108,7 +108,7 @@ class DDPMScheduler(VPScheduler):
         return values.astype(np.int64)
 
     def _set_schedule(self, schedule: np.ndarray, device: str | torch.device | None) -> None:
-        """Precompute, for every step, the posterior coefficients of Ho et al. 2020 eq. 7 as Python floats."""
+        """Precompute, for every step, the posterior coefficients of Ho et al. 2020 eq. 7 (see ``step_scalars``)."""
         previous = np.append(schedule[1:], -1)  # the step after the last one lands on "t = -1": abar = 1
         alpha_bar = self.alphas_cumprod[torch.from_numpy(schedule)]
         alpha_bar_prev = alpha_bars_at(self.alphas_cumprod, previous, torch.tensor(1.0))
@@ -119,22 +119,22 @@ class DDPMScheduler(VPScheduler):
         # Posterior variance beta-tilde (eq. 7), clamped like diffusers before any log.
         posterior_variance = torch.clamp((1 - alpha_bar_prev) / (1 - alpha_bar) * step_beta, min=1e-20)
 
-        self._sqrt_alpha_bar = (alpha_bar**0.5).tolist()
-        self._sqrt_beta_bar = (beta_bar**0.5).tolist()
-        self._x0_coeff = ((alpha_bar_prev**0.5 * step_beta) / beta_bar).tolist()
-        self._xt_coeff = (step_alpha**0.5 * beta_bar_prev / beta_bar).tolist()
+        self._sqrt_alpha_bar = step_scalars(alpha_bar**0.5)
+        self._sqrt_beta_bar = step_scalars(beta_bar**0.5)
+        self._x0_coeff = step_scalars((alpha_bar_prev**0.5 * step_beta) / beta_bar)
+        self._xt_coeff = step_scalars(step_alpha**0.5 * beta_bar_prev / beta_bar)
         self._adds_noise = (schedule > 0).tolist()  # diffusers adds no noise on the step from t = 0
         config = self.config
         variance_type = config.variance_type
         if variance_type == "fixed_small":
-            self._noise_std = (posterior_variance**0.5).tolist()
+            self._noise_std = step_scalars(posterior_variance**0.5)
         elif variance_type == "fixed_small_log":
-            self._noise_std = torch.exp(0.5 * torch.log(posterior_variance)).tolist()
+            self._noise_std = step_scalars(torch.exp(0.5 * torch.log(posterior_variance)))
         elif variance_type == "fixed_large":
-            self._noise_std = (step_beta**0.5).tolist()
+            self._noise_std = step_scalars(step_beta**0.5)
         elif variance_type == "fixed_large_log":
             # diffusers quirk, matched: the *log* of beta_t is used as a variance, so its square root is NaN.
-            self._noise_std = (torch.log(step_beta) ** 0.5).tolist()
+            self._noise_std = step_scalars(torch.log(step_beta) ** 0.5)
         else:  # learned variances interpolate in log space (Nichol & Dhariwal 2021 eq. 15)
             self._min_log = torch.log(posterior_variance).tolist()
             self._max_log = torch.log(step_beta).tolist()
@@ -176,7 +176,7 @@ class DDPMScheduler(VPScheduler):
         x0 = self._bounded_x0(x0, config)
 
         # 4. posterior mean mu_t(x_t, x0_hat) (eq. 7)
-        prev_sample = self._x0_coeff[i] * x0 + self._xt_coeff[i] * sample
+        prev_sample = x0 * self._x0_coeff[i] + sample * self._xt_coeff[i]
 
         # 5. add sigma_t z, except on the step from t = 0 (Algorithm 2, line 4)
         if self._adds_noise[i]:
@@ -188,7 +188,7 @@ class DDPMScheduler(VPScheduler):
                 log_variance = frac * self._max_log[i] + (1 - frac) * self._min_log[i]
                 prev_sample = prev_sample + torch.exp(0.5 * log_variance) * noise
             else:
-                prev_sample = prev_sample + self._noise_std[i] * noise
+                prev_sample = prev_sample.add_(noise.mul_(self._noise_std[i]))
 
         return self._finish_step(i, prev_sample, x0, return_dict)
 

@@ -15,20 +15,28 @@ import torch
 
 from ..configuration import register_to_config
 from ..errors import ConfigError
-from .base import SchedulerOutput
+from .base import SchedulerOutput, step_scalars
 from .schedules import BetaSchedule, TimestepSpacing, make_betas
 from .vp import VPScheduler, alpha_bars_at, check_timesteps_in_range, training_timesteps
 
+# The numbers of the PRK and PLMS combinations, keyed by themselves, as 0-dim tensors (see ``step_scalars``): the
+# float32 values diffusers' Python numbers take in float32 arithmetic.
+_NUMBERS = (1 / 6, 1 / 3, 1 / 24, 2, 3, 5, 9, 12, 16, 23, 37, 55, 59)
+K = dict(zip(_NUMBERS, step_scalars(_NUMBERS), strict=True))
+
 
 class _Stage(NamedTuple):
-    """What one model call does: how eps is combined, and what the history records (see ``step``)."""
+    """What one model call does: how eps is combined, and what the history records (see ``step``).
+
+    The coefficients are 0-dim tensors (see ``step_scalars``), diffusers' float32 values.
+    """
 
     kind: str  # "rk1".."rk4" (PRK stages), "first", "redo" (PLMS start), "ab2".."ab4" (PLMS orders)
-    sample_coeff: float  # sqrt(abar_prev / abar_t)
-    eps_numerator: float  # abar_prev - abar_t
-    eps_denominator: float  # abar_t sqrt(1 - abar_prev) + sqrt(abar_t (1 - abar_t) abar_prev)
-    sqrt_alpha_bar: float  # sqrt(abar_t), for v-prediction
-    sqrt_beta_bar: float  # sqrt(1 - abar_t), for v-prediction
+    sample_coeff: torch.Tensor  # sqrt(abar_prev / abar_t)
+    eps_numerator: torch.Tensor  # abar_prev - abar_t
+    eps_denominator: torch.Tensor  # abar_t sqrt(1 - abar_prev) + sqrt(abar_t (1 - abar_t) abar_prev)
+    sqrt_alpha_bar: torch.Tensor  # sqrt(abar_t), for v-prediction
+    sqrt_beta_bar: torch.Tensor  # sqrt(1 - abar_t), for v-prediction
 
 
 class PNDMScheduler(VPScheduler):
@@ -146,11 +154,11 @@ class PNDMScheduler(VPScheduler):
         denominator = alpha_bar * beta_bar_prev**0.5 + (alpha_bar * beta_bar * alpha_bar_prev) ** 0.5
         columns = zip(
             kinds,
-            sample_coeff.tolist(),
-            (alpha_bar_prev - alpha_bar).tolist(),
-            denominator.tolist(),
-            (alpha_bar**0.5).tolist(),
-            (beta_bar**0.5).tolist(),
+            step_scalars(sample_coeff),
+            step_scalars(alpha_bar_prev - alpha_bar),
+            step_scalars(denominator),
+            step_scalars(alpha_bar**0.5),
+            step_scalars(beta_bar**0.5),
             strict=True,
         )
         self._stages = [None] * begin + [_Stage(*column) for column in columns]
@@ -177,40 +185,41 @@ class PNDMScheduler(VPScheduler):
         stage = self._stages[i]
         base = sample
 
-        # 1. combine the model outputs into the eps used by phi
+        # 1. combine the model outputs into the eps used by phi (diffusers' operations in its order, in place on
+        #    the fresh tensors of the combination)
         if stage.kind == "rk1":  # first RK stage: remember x_t and e_1
-            self._rk_sum = 1 / 6 * model_output
+            self._rk_sum = model_output * K[1 / 6]
             self._ets.append(model_output)
             self._cur_sample = sample
             eps = model_output
         elif stage.kind in ("rk2", "rk3"):  # intermediate stages move from x_t with their own eps
-            self._rk_sum = self._rk_sum + 1 / 3 * model_output
+            self._rk_sum.add_(model_output * K[1 / 3])
             base, eps = self._cur_sample, model_output
         elif stage.kind == "rk4":  # e' = (e_1 + 2 e_2 + 2 e_3 + e_4) / 6
-            base, eps = self._cur_sample, self._rk_sum + 1 / 6 * model_output
+            base, eps = self._cur_sample, self._rk_sum.add_(model_output * K[1 / 6])
             self._rk_sum = None
         elif stage.kind == "first":  # PLMS start: plain first-order step, x_t kept for the redo
             self._ets.append(model_output)
             self._cur_sample = sample
             eps = model_output
         elif stage.kind == "redo":  # redo the first step with the mean of both ends (not stored in ets)
-            base, eps = self._cur_sample, (model_output + self._ets[-1]) / 2
+            base, eps = self._cur_sample, (model_output + self._ets[-1]).div_(K[2])
             self._cur_sample = None
         else:  # PLMS: Adams-Bashforth combinations (orders 2 and 3 while the history fills up)
             self._ets = [*self._ets[-3:], model_output]
             e = self._ets
-            if stage.kind == "ab2":
-                eps = (3 * e[-1] - e[-2]) / 2
-            elif stage.kind == "ab3":
-                eps = (23 * e[-1] - 16 * e[-2] + 5 * e[-3]) / 12
-            else:
-                eps = (1 / 24) * (55 * e[-1] - 59 * e[-2] + 37 * e[-3] - 9 * e[-4])
+            if stage.kind == "ab2":  # (3 e_1 - e_2) / 2
+                eps = (e[-1] * K[3]).sub_(e[-2]).div_(K[2])
+            elif stage.kind == "ab3":  # (23 e_1 - 16 e_2 + 5 e_3) / 12
+                eps = (e[-1] * K[23]).sub_(e[-2] * K[16]).add_(e[-3] * K[5]).div_(K[12])
+            else:  # (55 e_1 - 59 e_2 + 37 e_3 - 9 e_4) / 24, written (1 / 24) (...) as diffusers does
+                eps = (e[-1] * K[55]).sub_(e[-2] * K[59]).add_(e[-3] * K[37]).sub_(e[-4] * K[9]).mul_(K[1 / 24])
 
         # 2. v-prediction: convert the combined output to eps at t (diffusers converts after combining)
         if self._options.prediction_type == "v_prediction":
-            eps = stage.sqrt_alpha_bar * eps + stage.sqrt_beta_bar * base
+            eps = eps * stage.sqrt_alpha_bar + base * stage.sqrt_beta_bar
 
         # 3. transfer x_t -> x_{t - delta} with phi (eq. 9)
-        prev_sample = stage.sample_coeff * base - stage.eps_numerator * eps / stage.eps_denominator
+        prev_sample = base * stage.sample_coeff - (eps * stage.eps_numerator).div_(stage.eps_denominator)
 
         return self._finish_step(i, prev_sample, None, return_dict)

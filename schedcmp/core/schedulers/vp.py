@@ -37,19 +37,25 @@ SolverPredictionType = Literal["epsilon", "sample", "v_prediction", "flow_predic
 
 
 def predicted_x0(
-    kind: str, model_output: torch.Tensor, sample: torch.Tensor, alpha_t: float, sigma_t: float, sigma: float = 0.0
+    kind: str,
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    alpha_t: float | torch.Tensor,
+    sigma_t: float | torch.Tensor,
+    sigma: float | torch.Tensor = 0.0,
 ) -> torch.Tensor:
     """x0 from an eps prediction (x_t - sigma_t eps) / alpha_t, a v prediction alpha_t x_t - sigma_t v, or x0 itself.
 
-    ``flow_prediction`` is diffusers' x_t - sigma v with the raw noise-to-signal ratio ``sigma``.
+    ``flow_prediction`` is diffusers' x_t - sigma v with the raw noise-to-signal ratio ``sigma``. The coefficients
+    are Python floats or 0-dim tensors (see ``step_scalars``); they multiply from the right either way.
     """
     if kind == "epsilon":
-        return (sample - sigma_t * model_output) / alpha_t
+        return (sample - model_output * sigma_t).div_(alpha_t)
     if kind == "sample":
         return model_output
     if kind == "v_prediction":
-        return alpha_t * sample - sigma_t * model_output
-    return sample - sigma * model_output
+        return sample * alpha_t - model_output * sigma_t
+    return sample - model_output * sigma
 
 
 def check_thresholding(owner: str, thresholding: bool, ratio: float) -> None:
