@@ -26,7 +26,8 @@ class DDPMScheduler(VPScheduler):
     """Ancestral DDPM sampling: each step draws x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat).
 
     The posterior coefficients of every step (eq. 7) are computed in float32 by ``set_timesteps`` exactly as
-    diffusers computes them and kept as Python floats; learned variances follow Nichol & Dhariwal 2021.
+    diffusers computes them and kept as 0-dim tensors (``step_scalars``); learned variances follow Nichol &
+    Dhariwal 2021.
     """
 
     order = 1

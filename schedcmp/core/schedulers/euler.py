@@ -37,7 +37,7 @@ from .sigma_space import (
 class EulerDiscreteScheduler(SigmaScheduler):
     """Euler steps on sigma = sqrt((1 - abar) / abar), optionally churned (Karras et al. 2022 Alg. 2).
 
-    Each churn setting (s_churn, s_tmin, s_tmax) gets its table of per-step Python floats on first use.
+    Each churn setting (s_churn, s_tmin, s_tmax) gets its table of per-step coefficients on first use.
     """
 
     order = 1
@@ -80,7 +80,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
         return config.timestep_type == "continuous" and config.prediction_type == "v_prediction"
 
     def _install(self, sigmas: torch.Tensor, timesteps: torch.Tensor, device: torch.device | str | None) -> None:
-        """Keep the float32 CPU sigmas, place the timesteps and precompute every per-step Python float."""
+        """Keep the float32 CPU sigmas, place the timesteps and precompute every per-step coefficient."""
         config = self.config
         self.sigmas = sigmas
         if self._continuous_v(config):

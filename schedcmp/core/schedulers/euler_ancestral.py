@@ -56,7 +56,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         return True
 
     def _install(self, sigmas: torch.Tensor, timesteps: torch.Tensor, device: torch.device | str | None) -> None:
-        """Keep the float32 CPU sigmas, place the timesteps and precompute every per-step Python float."""
+        """Keep the float32 CPU sigmas, place the timesteps and precompute every per-step coefficient."""
         config = self.config
         self.sigmas = sigmas
         self.timesteps = timesteps.to(device)

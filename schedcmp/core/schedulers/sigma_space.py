@@ -289,7 +289,7 @@ class TwoStageScheduler(SigmaScheduler):
         respace: bool,
         timesteps: Sequence[float] | None = None,
     ) -> None:
-        """Lay out an n-step schedule: sigmas, interleaved timesteps and every per-stage Python float."""
+        """Lay out an n-step schedule: sigmas, interleaved timesteps and every per-stage coefficient."""
         self.num_inference_steps = n
         config = self.config
         schedule = sigma_schedule(
