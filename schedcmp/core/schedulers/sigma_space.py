@@ -225,12 +225,14 @@ class SigmaScheduler(SchedulerMixin):
         """Per model call: its noise level, c_in's divisor sqrt(sigma^2 + 1) and v-prediction's x0 factors.
 
         v-prediction's x0 = out * c_out + x / c_den with c_out = -sigma / sqrt(sigma^2 + 1) and c_den = sigma^2 + 1,
-        diffusers' float32 factors (Salimans & Ho 2022 sec. 4 in sigma form).
+        diffusers' float32 factors (Salimans & Ho 2022 sec. 4 in sigma form), made only for a v-prediction config
+        (a table of 0-dim tensors costs ~0.4 us an entry to build).
         """
         self._model_sigma = step_scalars(model_sigmas)
         self._input_scale = step_scalars((model_sigmas**2 + 1) ** 0.5)
-        self._c_out = step_scalars(-model_sigmas / (model_sigmas**2 + 1) ** 0.5)
-        self._c_den = step_scalars(model_sigmas**2 + 1)
+        if self.config.prediction_type == "v_prediction":
+            self._c_out = step_scalars(-model_sigmas / (model_sigmas**2 + 1) ** 0.5)
+            self._c_den = step_scalars(model_sigmas**2 + 1)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """Divide by sqrt(sigma^2 + 1): the VP model's input scale (Karras et al. 2022 Table 1, c_in)."""
