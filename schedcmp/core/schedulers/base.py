@@ -15,7 +15,8 @@ from .schedules import check_num_inference_steps
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
 S = TypeVar("S", bound="SchedulerMixin")
-Scalars = tuple[torch.Tensor, ...]  # per-step coefficients as 0-dim tensors, see ``step_scalars``
+Scalars = tuple[torch.Tensor, ...] | torch.Tensor  # per-step coefficients, indexed to 0-dim tensors (step_scalars)
+EAGER_SCALARS = 512  # longest table step_scalars splits into 0-dim tensors up front
 
 
 @dataclass
@@ -63,14 +64,16 @@ def randn_tensor(
 
 
 def step_scalars(values: torch.Tensor | Sequence[float]) -> Scalars:
-    """One 0-dim float32 CPU tensor per entry: a per-step coefficient in the form ``step`` multiplies by cheapest.
+    """A per-step coefficient table whose entries are 0-dim float32 CPU tensors, the form ``step`` uses cheapest.
 
     A Python float is wrapped into a fresh tensor on every arithmetic call (~2 us each on a 64x64 latent); a
     0-dim CPU tensor is used as is and, like a Python scalar (and like diffusers' CPU sigmas), combines with
     tensors on any device and never promotes their dtype. The values are diffusers' float32 coefficients, so
-    results are unchanged.
+    results are unchanged. Splitting costs ~0.4 us an entry, so a table longer than ``EAGER_SCALARS`` (the
+    training schedule held before ``set_timesteps``, or hundreds of steps) stays one tensor, indexed per step.
     """
-    return torch.as_tensor(values, dtype=torch.float32).unbind()
+    table = torch.as_tensor(values, dtype=torch.float32)
+    return table.unbind() if len(table) <= EAGER_SCALARS else table
 
 
 def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

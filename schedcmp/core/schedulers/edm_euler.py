@@ -88,7 +88,7 @@ class EDMEulerScheduler(SigmaScheduler):
         """c_skip and c_out of Table 1 at each step's sigma_hat, in diffusers' float32 arithmetic (cached)."""
         cached = self._preconditioning.get(key)
         if cached is None:
-            sigma, sigma_data = torch.stack(sigma_hat), self.config.sigma_data
+            sigma, sigma_data = torch.stack(list(sigma_hat)), self.config.sigma_data
             c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
             sign = 1 if self.config.prediction_type == "epsilon" else -1
             c_out = sign * sigma * sigma_data / (sigma**2 + sigma_data**2) ** 0.5
