@@ -167,6 +167,27 @@ def assert_same_dtypes(ours: list, theirs: list, expected: torch.dtype | None = 
             assert [x.dtype for x in a] == [expected] * len(a)
 
 
+def assert_step_leaves_inputs_alone(scheduler: object, steps: int = 6, **step_kwargs: object) -> None:
+    """A loop in which no ``scale_model_input`` or ``step`` changes a tensor it was given or returned before: the
+    in-place arithmetic of a step writes only into tensors the step made itself."""
+    scheduler.set_timesteps(steps)
+    sample = seeded_normal(SHAPE, 0) * scheduler.init_noise_sigma
+    if takes_generator(scheduler):
+        step_kwargs = {**step_kwargs, "generator": torch.Generator().manual_seed(0)}
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # every tensor handed over so far, with a copy of it
+    for index, t in enumerate(scheduler.timesteps):
+        seen.append((sample, sample.clone()))
+        model_input = scheduler.scale_model_input(sample, t)
+        model_output = smooth_model(model_input, index)
+        seen += [(model_input, model_input.clone()), (model_output, model_output.clone())]
+        output = scheduler.step(model_output, t, sample, **step_kwargs)
+        for tensor, copy in seen:
+            assert torch.equal(tensor, copy), f"step {index} wrote into a tensor it did not make"
+        if getattr(output, "pred_original_sample", None) is not None:
+            seen.append((output.pred_original_sample, output.pred_original_sample.clone()))
+        sample = output.prev_sample
+
+
 def run_on_meta(
     scheduler: object,
     steps: int,

@@ -9,6 +9,7 @@ from scheduler_testing import (
     SHAPE,
     add_noise_both,
     assert_step_count_errors,
+    assert_step_leaves_inputs_alone,
     assert_traces_close,
     our_scheduler,
     pair,
@@ -211,3 +212,17 @@ def test_begin_index_matches_diffusers_on_the_tail_of_the_schedule(name: str, op
 def test_no_host_sync_loop_on_meta(name: str, options: dict, step_kwargs: dict) -> None:
     channels = 8 if options.get("variance_type") == "learned_range" else 4
     run_on_meta(our_scheduler(name, **options), 12, out_channels=channels, **step_kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("DDPMScheduler", {}),
+        ("DDPMScheduler", {"prediction_type": "v_prediction", "clip_sample": True}),
+        ("DDIMScheduler", {"prediction_type": "v_prediction"}),
+        ("PNDMScheduler", {}),
+        ("PNDMScheduler", {"skip_prk_steps": False, "prediction_type": "v_prediction"}),
+    ],
+)
+def test_step_leaves_its_inputs_alone(name: str, options: dict) -> None:
+    assert_step_leaves_inputs_alone(our_scheduler(name, **options), steps=8)

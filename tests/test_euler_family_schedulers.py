@@ -10,6 +10,7 @@ from scheduler_testing import (
     add_noise_both,
     assert_same_dtypes,
     assert_step_count_errors,
+    assert_step_leaves_inputs_alone,
     assert_traces_close,
     our_scheduler,
     run_on_meta,
@@ -204,3 +205,10 @@ def test_begin_index_starts_part_way() -> None:
 def test_bad_options_fail_at_init(name: str, options: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         getattr(core, name)(**options)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_step_leaves_its_inputs_alone(name: str, prediction_type: str) -> None:
+    ours, _ = pair(name, prediction_type=prediction_type)
+    assert_step_leaves_inputs_alone(ours)

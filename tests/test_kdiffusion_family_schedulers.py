@@ -14,6 +14,7 @@ from scheduler_testing import (
     add_noise_both,
     assert_same_dtypes,
     assert_step_count_errors,
+    assert_step_leaves_inputs_alone,
     assert_traces_close,
     our_scheduler,
     pair,
@@ -216,3 +217,9 @@ def test_sde_s_noise_scales_the_brownian_term() -> None:
     a = ours.step(output, 0, sample, s_noise=0.5, generator=torch.Generator().manual_seed(4)).prev_sample
     b = theirs.step(output, theirs.timesteps[0], sample, s_noise=0.5).prev_sample
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_step_leaves_its_inputs_alone(name: str, prediction_type: str) -> None:
+    assert_step_leaves_inputs_alone(our_scheduler(name, prediction_type=prediction_type))
