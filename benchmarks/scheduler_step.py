@@ -78,7 +78,7 @@ def main() -> None:
             f"{theirs_set:.0f}",
             f"{ours_set / theirs_set:.2f}",
         )
-    Console().print(table)
+    Console(width=140).print(table)
 
 
 if __name__ == "__main__":
