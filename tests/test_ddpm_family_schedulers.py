@@ -140,13 +140,6 @@ def test_loop_is_bit_identical_to_diffusers(name: str) -> None:
         assert torch.equal(a[0], b[0])
 
 
-def test_is_stochastic() -> None:
-    assert core.DDPMScheduler().is_stochastic
-    assert not core.DDIMScheduler().is_stochastic
-    assert not core.PNDMScheduler().is_stochastic
-    assert not core.PNDMScheduler(skip_prk_steps=True).is_stochastic
-
-
 def test_ddim_eta_and_variance_noise_match_diffusers() -> None:
     ours, theirs = pair("DDIMScheduler", timestep_spacing="trailing")
     ours.set_timesteps(8)

@@ -76,14 +76,6 @@ def test_return_dict_false_and_output(name: str) -> None:
     assert_prev_sample_only(OURS[name]())
 
 
-def test_is_stochastic() -> None:
-    assert not DPMSolverMultistepScheduler().is_stochastic
-    assert DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++").is_stochastic
-    assert DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver", final_sigmas_type="sigma_min").is_stochastic
-    assert not DPMSolverSinglestepScheduler().is_stochastic
-    assert DPMSolverSinglestepScheduler(algorithm_type="sde-dpmsolver++").is_stochastic
-
-
 @pytest.mark.parametrize(("name", "options"), [(MULTI, {}), (MULTI, {"algorithm_type": "sde-dpmsolver++"}),
                                                (SINGLE, {}), (SINGLE, {"algorithm_type": "sde-dpmsolver++"})])
 def test_half_precision_dtype_matches_diffusers(name: str, options: dict) -> None:

@@ -130,13 +130,6 @@ def test_return_dict_false_and_output_match(name: str) -> None:
     torch.testing.assert_close(as_output.pred_original_sample, as_tuple[1])
 
 
-def test_is_stochastic() -> None:
-    assert core.EulerAncestralDiscreteScheduler().is_stochastic is True
-    assert core.EulerDiscreteScheduler().is_stochastic is False
-    assert core.LMSDiscreteScheduler().is_stochastic is False
-    assert core.EDMEulerScheduler().is_stochastic is False
-
-
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_fp16_output_dtypes_match_diffusers(name: str, prediction_type: str) -> None:

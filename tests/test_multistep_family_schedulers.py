@@ -106,12 +106,6 @@ def test_return_dict_false_and_no_x0(name: str) -> None:
     assert_prev_sample_only(OURS[name]())
 
 
-@pytest.mark.parametrize("options", [{}, {"solver_order": 3, "thresholding": True}])
-def test_is_stochastic(options: dict) -> None:
-    assert DEISMultistepScheduler(**options).is_stochastic is False
-    assert UniPCMultistepScheduler(**options).is_stochastic is False
-
-
 @BOTH
 @pytest.mark.parametrize(
     ("dtype", "out_dtype"), [(torch.float16, torch.float16), (torch.float32, torch.float16), (torch.float16, None)]

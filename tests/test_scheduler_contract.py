@@ -9,6 +9,7 @@ import pytest
 import torch
 from scheduler_cases import BASE_CONFIGS
 
+import schedcmp.core as core
 from schedcmp.core.schedulers import SCHEDULER_CLASSES
 
 # Where we take an argument diffusers does not: DPMSolverSDE draws its Brownian noise from the run's generator.
@@ -42,9 +43,37 @@ def test_init_takes_diffusers_config_keys_with_diffusers_defaults(cls: type) -> 
             assert ours[name].default == parameter.default, name
 
 
-@CLASSES
-def test_is_stochastic_is_a_bool(cls: type) -> None:
-    assert isinstance(cls().is_stochastic, bool)
+# Whether a configuration's samples depend on the generator (DDIM's eta is a step argument, so DDIM is not).
+STOCHASTIC_TABLE = [
+    ("DDIMScheduler", {}, False),
+    ("DDPMScheduler", {}, True),
+    ("PNDMScheduler", {}, False),
+    ("PNDMScheduler", {"skip_prk_steps": True}, False),
+    ("LMSDiscreteScheduler", {}, False),
+    ("EulerDiscreteScheduler", {}, False),
+    ("HeunDiscreteScheduler", {}, False),
+    ("EulerAncestralDiscreteScheduler", {}, True),
+    ("DPMSolverMultistepScheduler", {}, False),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, True),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"}, True),
+    ("DPMSolverSinglestepScheduler", {}, False),
+    ("DPMSolverSinglestepScheduler", {"algorithm_type": "sde-dpmsolver++"}, True),
+    ("KDPM2DiscreteScheduler", {}, False),
+    ("KDPM2AncestralDiscreteScheduler", {}, True),
+    ("DEISMultistepScheduler", {}, False),
+    ("UniPCMultistepScheduler", {}, False),
+    ("DPMSolverSDEScheduler", {}, True),
+    ("EDMEulerScheduler", {}, False),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "stochastic"), STOCHASTIC_TABLE)
+def test_is_stochastic(name: str, options: dict, stochastic: bool) -> None:
+    assert getattr(core, name)(**options).is_stochastic is stochastic
+
+
+def test_stochastic_table_covers_every_class() -> None:
+    assert {row[0] for row in STOCHASTIC_TABLE} == {cls.__name__ for cls in SCHEDULER_CLASSES}
 
 
 @CLASSES
