@@ -98,6 +98,13 @@ def sample_loop(
     return out
 
 
+def assert_same_schedule(ours: object, theirs: object) -> None:
+    """After set_timesteps: the same timesteps (dtype and values) and the same initial noise scale as diffusers."""
+    assert ours.timesteps.dtype == theirs.timesteps.dtype
+    torch.testing.assert_close(ours.timesteps, theirs.timesteps)
+    assert float(ours.init_noise_sigma) == pytest.approx(float(theirs.init_noise_sigma), rel=1e-6)
+
+
 def assert_traces_close(ours: list, theirs: list, atol: float | None = None) -> None:
     """Same length, dtypes and values step by step: rtol 1e-5, ``atol`` or 1e-5 of the reference's magnitude."""
     assert len(ours) == len(theirs)

@@ -9,6 +9,7 @@ from scheduler_testing import (
     SHAPE,
     add_noise_both,
     assert_same_dtypes,
+    assert_same_schedule,
     assert_step_count_errors,
     assert_step_leaves_inputs_alone,
     assert_traces_close,
@@ -68,9 +69,7 @@ def test_euler_custom_schedule_matches_diffusers(kwargs: dict, options: dict) ->
         return
     ours.set_timesteps(**kwargs)
     theirs.set_timesteps(**kwargs)
-    assert ours.timesteps.dtype == theirs.timesteps.dtype
-    torch.testing.assert_close(ours.timesteps, theirs.timesteps)
-    assert ours.init_noise_sigma == pytest.approx(float(theirs.init_noise_sigma), rel=1e-6)
+    assert_same_schedule(ours, theirs)
     assert_traces_close(run(ours), run(theirs))
 
 
