@@ -4,9 +4,11 @@ For each model and plan, in one process, interleaved over repetitions (A B C A B
   (a) diffusers' StableDiffusionPipeline looping over ``from_config`` swaps exactly as the guide does,
   (b) schedcmp in sequential mode, (c) schedcmp in batched mode,
 with the same model folder, size, guidance, seed and dtype. Prints median wall seconds, the ratios ours /
-diffusers, peak device memory on CUDA, and the largest pixel difference between the libraries' images, so a fast
-wrong answer cannot pass (DPMSolverSDE runs are left out of that check: diffusers draws their noise from torchsde,
-we from the run's generator). builtin:shapes has no diffusers counterpart and is timed for schedcmp alone.
+diffusers, the peak memory of the tensors each side allocates (activations, weights excluded: CUDA allocator
+statistics on a GPU, live tensor bytes counted by a dispatch mode on the CPU; one extra untimed pass each), and
+the largest pixel difference between the libraries' images, so a fast wrong answer cannot pass (DPMSolverSDE
+runs are left out of that check: diffusers draws their noise from torchsde, we from the run's generator).
+builtin:shapes has no diffusers counterpart and is timed for schedcmp alone.
 
     .venv/bin/python benchmarks/e2e.py                       # CPU: tiny SD, reduced SD 1.5 shape, builtin
     .venv/bin/python benchmarks/e2e.py --device cuda --dtype fp16 --size 512 --models sd15   # on a GPU
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import diffusers
@@ -37,6 +40,7 @@ from tiny_sd import build_tiny_sd  # noqa: E402
 from schedcmp.core.load import load_pipeline  # noqa: E402
 from schedcmp.core.schedulers import ALIASES  # noqa: E402
 from schedcmp.engine import Engine, synchronize  # noqa: E402
+from schedcmp.memory import peak_call_bytes  # noqa: E402
 from schedcmp.plan import build_plan  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -94,7 +98,7 @@ def main() -> None:
     table = Table(title=f"End to end on {args.device} {args.dtype}: median wall seconds of {args.repeats} "
                         "interleaved repetitions")
     for column in ("model", "plan", "diffusers loop", "schedcmp sequential", "ratio", "schedcmp batched", "ratio",
-                   "max pixel diff", "peak MiB (diffusers / ours)"):
+                   "max pixel diff", "peak MiB diffusers / seq / batched"):
         table.add_column(column, justify="left" if column in ("model", "plan") else "right")
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
@@ -114,23 +118,14 @@ def main() -> None:
             for plan_name, spec in plans(folder, size).items():
                 path = spec.pop("path")
                 seconds: dict[str, list[float]] = {"diffusers": [], "sequential": [], "batched": []}
-                peaks = {"diffusers": 0, "ours": 0}
                 difference = float("nan")
                 for _ in range(args.repeats):
                     if pipe is not None:
-                        if device.type == "cuda":
-                            torch.cuda.reset_peak_memory_stats()
                         elapsed, theirs = diffusers_loop(pipe, build_plan(path, spec), size, device)
                         seconds["diffusers"].append(elapsed)
-                        if device.type == "cuda":
-                            peaks["diffusers"] = torch.cuda.max_memory_allocated() >> 20
                     for mode in ("sequential", "batched"):
-                        if device.type == "cuda":
-                            torch.cuda.reset_peak_memory_stats()
                         elapsed, ours = ours_run(pipeline, build_plan(path, {**spec, "mode": mode}))
                         seconds[mode].append(elapsed)
-                        if device.type == "cuda":
-                            peaks["ours"] = max(peaks["ours"], torch.cuda.max_memory_allocated() >> 20)
                     if pipe is not None:
                         # DPMSolverSDE draws its Brownian noise from the generator here, from torchsde there.
                         runs = build_plan(path, spec).runs
@@ -140,12 +135,20 @@ def main() -> None:
                             for a, b, comparable in zip(ours, theirs, same_noise, strict=True)
                             if comparable
                         )
+                peaks = {  # MiB, one untimed pass each
+                    mode: peak_call_bytes(partial(ours_run, pipeline, build_plan(path, {**spec, "mode": mode})),
+                                          device) >> 20
+                    for mode in ("sequential", "batched")
+                }
+                if pipe is not None:
+                    peaks["diffusers"] = peak_call_bytes(
+                        partial(diffusers_loop, pipe, build_plan(path, spec), size, device), device) >> 20
                 median = {k: statistics.median(v) if v else float("nan") for k, v in seconds.items()}
                 table.add_row(
                     model, plan_name, f"{median['diffusers']:.2f}", f"{median['sequential']:.2f}",
                     f"{median['sequential'] / median['diffusers']:.2f}", f"{median['batched']:.2f}",
                     f"{median['batched'] / median['diffusers']:.2f}", f"{difference:.4f}",
-                    f"{peaks['diffusers']} / {peaks['ours']}" if device.type == "cuda" else "n/a (CPU)",
+                    f"{peaks.get('diffusers', '—')} / {peaks['sequential']} / {peaks['batched']}",
                 )
     Console(width=160).print(table)
 

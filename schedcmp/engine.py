@@ -18,6 +18,7 @@ from .core.pipeline import DenoisingPipeline
 from .core.schedulers import EDMEulerScheduler, SchedulerMixin
 from .core.schedulers.base import randn_tensor
 from .errors import PlanError
+from .memory import free_memory_bytes, lanes_that_fit, peak_call_bytes
 from .plan import Plan, RunSpec
 
 ProgressCallback = Callable[[int], None]
@@ -52,6 +53,8 @@ class EngineReport:
     wall_seconds: float
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
+    max_batch: int | None = None
+    max_batch_reason: str | None = None
 
 
 def synchronize(device: torch.device) -> None:
@@ -109,7 +112,10 @@ class Engine:
         self.guided = plan.guidance > 1.0
         self.results = [self._prepare(i, spec) for i, spec in enumerate(plan.runs)]
         self.cond, self.uncond = pipeline.encode_prompt(plan.prompt, plan.negative_prompt)
+        self._embedding_batches: dict[int, torch.Tensor] = {}
         self.single_lane_embeddings = self._embeddings(1)
+        self.max_batch = plan.max_batch
+        self.max_batch_reason = "set by the plan" if plan.max_batch else None
 
     def _prepare(self, index: int, spec: RunSpec) -> RunResult:
         """Build the run's scheduler from the model's config and check its step count, before anything runs."""
@@ -136,7 +142,8 @@ class Engine:
     def _new_lane(self, result: RunResult) -> _Lane:
         """Fresh generator from the seed, initial latents drawn from it and scaled by init_noise_sigma."""
         scheduler = result.scheduler
-        scheduler.set_timesteps(result.spec.steps, device=self.device)
+        if scheduler.step_index is not None:  # stepped since _prepare's set_timesteps: start the schedule over
+            scheduler.set_timesteps(result.spec.steps, device=self.device)
         generator = torch.Generator(self.generator_device).manual_seed(self.plan.seed)
         latents = randn_tensor(self.latent_shape, generator, self.device, self.pipeline.dtype)
         latents = latents * scheduler.init_noise_sigma
@@ -146,9 +153,11 @@ class Engine:
         return _Lane(result, generator, latents, list(scheduler.timesteps), step_kwargs)
 
     def _embeddings(self, lanes: int) -> torch.Tensor:
-        """Embeddings for ``lanes`` lanes: [uncond, cond] per lane under guidance, else cond alone."""
-        pair = torch.cat([self.uncond, self.cond]) if self.guided else self.cond  # [2 or 1, ...]
-        return pair.repeat(lanes, *([1] * (pair.dim() - 1)))  # [lanes * (2 or 1), ...]
+        """Embeddings for ``lanes`` lanes: [uncond, cond] per lane under guidance, else cond alone (built once)."""
+        if lanes not in self._embedding_batches:
+            pair = torch.cat([self.uncond, self.cond]) if self.guided else self.cond  # [2 or 1, ...]
+            self._embedding_batches[lanes] = pair.repeat(lanes, *([1] * (pair.dim() - 1)))  # [lanes * (2|1), ...]
+        return self._embedding_batches[lanes]
 
     def _guide(self, output: torch.Tensor) -> torch.Tensor:
         """Classifier-free guidance (Ho & Salimans 2022 eq. 6) on one lane's [uncond, cond] outputs."""
@@ -177,15 +186,30 @@ class Engine:
         lane.position += 1
         lane.result.model_calls += 1
 
-    def warm_up(self) -> None:
-        """One model call on zeros so the first timed run does not pay for lazy initialisation."""
+    def _one_lane_call(self) -> torch.Tensor:
+        """One lane's model call on zeros at the first run's first timestep."""
         first = self.results[0].scheduler
         latents = torch.zeros(self.latent_shape, device=self.device, dtype=self.pipeline.dtype)
         inputs = torch.cat([latents] * 2) if self.guided else latents
         timesteps = first.timesteps[:1].to(torch.float32).expand(inputs.shape[0])
+        return self.pipeline.denoise(inputs, timesteps, self.single_lane_embeddings)
+
+    def warm_up(self) -> None:
+        """One model call on zeros so the first timed run does not pay for lazy initialisation."""
         with torch.inference_mode():
-            self.pipeline.denoise(inputs, timesteps, self.single_lane_embeddings)
+            self._one_lane_call()
         synchronize(self.device)
+
+    def choose_max_batch(self) -> int:
+        """Lanes per batched call when the plan says 'auto': one lane's measured activation peak against free
+        memory (CUDA allocator statistics on a GPU, live tensor bytes and MemAvailable on the CPU)."""
+        with torch.inference_mode():
+            per_lane = peak_call_bytes(self._one_lane_call, self.device)
+        free = free_memory_bytes(self.device)
+        lanes = lanes_that_fit(per_lane, free, len(self.results))
+        self.max_batch_reason = (f"auto: {per_lane / 2**20:.1f} MiB of activations per lane, "
+                                 f"{free / 2**30:.1f} GiB free on {self.device.type}")
+        return lanes
 
     def run(self, progress: ProgressCallback | None = None) -> EngineReport:
         """Run every run of the plan in the plan's mode; Ctrl-C stops early and keeps what finished."""
@@ -197,11 +221,14 @@ class Engine:
                 self._run_all(advance)
         except KeyboardInterrupt:
             interrupted = True
-        return EngineReport(self.results, self.plan.mode, time.perf_counter() - start, interrupted)
+        return EngineReport(self.results, self.plan.mode, time.perf_counter() - start, interrupted,
+                            max_batch=self.max_batch, max_batch_reason=self.max_batch_reason)
 
     def _run_all(self, advance: ProgressCallback) -> None:
         """Warm up, then every run in the plan's mode."""
         self.warm_up()
+        if self.plan.mode == "batched" and self.max_batch is None:
+            self.max_batch = self.choose_max_batch()
         with torch.inference_mode():
             if self.plan.mode == "batched":
                 self._run_batched(advance)
@@ -238,7 +265,7 @@ class Engine:
     def _run_batched(self, advance: ProgressCallback) -> None:
         """Continuous batching: each tick calls the model once for all active lanes, then steps each lane."""
         waiting = list(self.results)
-        max_batch = self.plan.max_batch or len(waiting)
+        max_batch = self.max_batch or len(waiting)
         active: list[_Lane] = []
         try:
             while waiting or active:

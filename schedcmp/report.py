@@ -158,6 +158,8 @@ def write_outputs(
         "plan": plan.to_json(),
         "environment": environment,
         "mode": report.mode,
+        "max_batch": report.max_batch,
+        "max_batch_reason": report.max_batch_reason,
         "wall_seconds": round(report.wall_seconds, 6),
         "interrupted": report.interrupted,
         "warnings": report.warnings,
