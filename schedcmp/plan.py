@@ -33,8 +33,14 @@ PLAN_KEYS = (
     "schedulers",
     "steps",
     "runs",
+    "reference",
+    "target_error",
 )
 RUN_KEYS = ("scheduler", "steps", "label", "options")
+REFERENCE_KEYS = ("scheduler", "steps", "label", "options")
+# Steps of a reference run named without a count ("--reference dpm"): many, so it is close to converged.
+DEFAULT_REFERENCE_STEPS = 200
+DEFAULT_TARGET_ERROR = 0.05
 # Arguments of `step` that are not per-run options a user can set.
 _STEP_PLUMBING = {"self", "model_output", "timestep", "sample", "generator", "return_dict", "variance_noise"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -71,6 +77,23 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class ReferenceSpec:
+    """What every run is measured against: the model's exact ODE solution, or one run with many steps."""
+
+    kind: Literal["exact", "run"]
+    run: RunSpec | None = None
+
+    @property
+    def label(self) -> str:
+        if self.run is None:
+            return "exact float64 ODE solution"
+        return f"{self.run.label} {self.run.steps} steps"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "label": self.label, **(self.run.to_json() if self.run else {})}
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything one invocation compares: shared prompt, seed, size, guidance, model, and the runs."""
 
@@ -88,6 +111,8 @@ class Plan:
     layout: Literal["matrix", "list"]
     generator_device: str | None = None
     clip_skip: int | None = None
+    reference: ReferenceSpec | None = None
+    target_error: float = DEFAULT_TARGET_ERROR
     source: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -105,6 +130,8 @@ class Plan:
             "generator_device": self.generator_device,
             "clip_skip": self.clip_skip,
             "layout": self.layout,
+            "reference": self.reference.to_json() if self.reference else None,
+            "target_error": self.target_error,
             "source": str(self.source) if self.source else None,
             "runs": [run.to_json() for run in self.runs],
         }
@@ -113,8 +140,8 @@ class Plan:
 class _Located:
     """A plan's raw values with the line each came from, for error messages."""
 
-    def __init__(self, path: Path | None, data: dict[str, Any], lines: dict[tuple, int]):
-        self.path, self.data, self.lines = path, data, lines
+    def __init__(self, path: Path | None, data: dict[str, Any], lines: dict[tuple, int], prefix: str = ""):
+        self.path, self.data, self.lines, self.prefix = path, data, lines, prefix
 
     def error(self, message: str, *where: Any) -> PlanError:
         line = None
@@ -122,7 +149,7 @@ class _Located:
             line = self.lines.get(tuple(where[:depth]))
             if line is not None:
                 break
-        return PlanError(message, self.path, line if self.path else None)
+        return PlanError(self.prefix + message, self.path, line if self.path else None)
 
 
 def _node_lines(node: yaml.Node, prefix: tuple, lines: dict[tuple, int]) -> None:
@@ -316,9 +343,16 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
     if clip_skip is not None and (isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0):
         raise source("clip_skip").error(f"clip_skip must be a whole number >= 0, got {clip_skip!r}", "clip_skip")
 
+    model = str(value("model", "builtin:shapes"))
+    reference = _reference(source("reference"), value("reference", "exact" if model.startswith("builtin:") else None))
+    target_error = value("target_error", DEFAULT_TARGET_ERROR)
+    if isinstance(target_error, bool) or not isinstance(target_error, (int, float)) or not target_error > 0:
+        message = f"target_error must be a number > 0 (a latent RMSE), got {target_error!r}"
+        raise source("target_error").error(message, "target_error")
+
     runs, layout = _runs(plan, raw, given)
     return Plan(
-        model=str(value("model", "builtin:shapes")),
+        model=model,
         prompt=prompt,
         negative_prompt=negative_prompt,
         seed=int(seed),
@@ -332,8 +366,30 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         layout=layout,
         generator_device=generator_device,
         clip_skip=clip_skip or None,
+        reference=reference,
+        target_error=float(target_error),
         source=path,
     )
+
+
+def _reference(plan: _Located, value: Any) -> ReferenceSpec | None:
+    """'none', 'exact', 'NAME' or 'NAME:STEPS', or a {scheduler, steps, label, options} mapping."""
+    plan = _Located(plan.path, plan.data, plan.lines, prefix="reference: ")
+    if value is None or value == "none" or value is False:
+        return None
+    if value == "exact":
+        return ReferenceSpec("exact")
+    if isinstance(value, str):
+        name, _, count = value.rpartition(":") if re.search(r":\s*-?\d+\s*$", value) else (value, "", "")
+        value = {"scheduler": name.strip(), "steps": int(count) if count else DEFAULT_REFERENCE_STEPS}
+    if not isinstance(value, Mapping):
+        message = f"reference must be 'exact', 'none', NAME[:STEPS] (e.g. dpm:200) or a mapping, got {value!r}"
+        raise plan.error(message, "reference")
+    _check_keys(plan, value, REFERENCE_KEYS, "reference", "reference")
+    steps = value.get("steps", DEFAULT_REFERENCE_STEPS)
+    label = value.get("label") or value.get("scheduler")
+    run = _make_run(plan, value.get("scheduler"), steps, label, value.get("options"), "reference")
+    return ReferenceSpec("run", run)
 
 
 def _runs(plan: _Located, raw: dict[str, Any], given: Mapping[str, Any]) -> tuple[list[RunSpec], str]:

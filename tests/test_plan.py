@@ -71,10 +71,10 @@ def test_schedulers_flag_replaces_the_files_runs(tmp_path: Path) -> None:
     [
         ("prompt: x\n  bad: [\n", "{path}:2: invalid YAML: mapping values are not allowed here"),
         ("- just\n- a list\n", "{path}:1: a plan must be a YAML mapping of keys (model, prompt, negative_prompt, seed, "
-         "size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, schedulers, steps, runs)"),
+         "size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, schedulers, steps, runs, reference, target_error)"),
         ("prompt: x\nsed: 3\nschedulers: [ddim]\n", "{path}:2: unknown plan key 'sed'; did you mean 'seed'? allowed: "
          "model, prompt, negative_prompt, seed, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, "
-         "schedulers, steps, runs"),
+         "schedulers, steps, runs, reference, target_error"),
         ("prompt: x\nruns:\n  - {scheduler: eulr, steps: 5}\n",
          "{path}:3: unknown scheduler 'eulr'; did you mean 'euler', 'euler_a', 'edm_euler'?"),
         ("prompt: x\nruns:\n  - {scheduler: ddim, steps: 0}\n", "{path}:3: steps must be at least 1, got 0"),
@@ -150,3 +150,65 @@ def test_execution_option_messages(overrides: dict, message: str) -> None:
     with pytest.raises(PlanError) as error:
         build_plan(None, {"prompt": "x", "schedulers": "ddim", **overrides})
     assert str(error.value) == message
+
+
+def _reference(value, **extra):
+    return build_plan(None, {"prompt": "x", "schedulers": "ddim", "reference": value, **extra}).reference
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "scheduler", "steps", "label"),
+    [
+        ("exact", "exact", None, None, "exact float64 ODE solution"),
+        ("dpm:200", "run", "DPMSolverMultistepScheduler", 200, "dpm 200 steps"),
+        ("ddim", "run", "DDIMScheduler", 200, "ddim 200 steps"),  # steps default to many
+        ("DPM++ 2M Karras:50", "run", "DPMSolverMultistepScheduler", 50, "DPM++ 2M Karras 50 steps"),
+        ({"scheduler": "unipc", "steps": 80, "label": "fine UniPC"}, "run", "UniPCMultistepScheduler", 80,
+         "fine UniPC 80 steps"),
+    ],
+)
+def test_reference_forms(value, kind, scheduler, steps, label) -> None:
+    reference = _reference(value)
+    assert reference.kind == kind
+    assert reference.label == label
+    if scheduler:
+        assert (reference.run.preset.cls.__name__, reference.run.steps) == (scheduler, steps)
+
+
+def test_reference_defaults_to_exact_on_the_builtin_model_and_to_none_elsewhere() -> None:
+    assert build_plan(None, {"prompt": "x", "schedulers": "ddim"}).reference.kind == "exact"
+    assert build_plan(None, {"prompt": "x", "schedulers": "ddim", "model": "some/folder"}).reference is None
+
+
+def test_reference_none_turns_accuracy_off() -> None:
+    assert _reference("none") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("dpn:20", "reference: unknown scheduler 'dpn'; did you mean 'dpm', 'pndm', 'DPM2'?"),
+        ("dpm:0", "reference: steps must be at least 1, got 0"),
+        ({"scheduler": "dpm", "stepz": 3},
+         "reference: unknown reference key 'stepz'; did you mean 'steps'? allowed: scheduler, steps, label, options"),
+        (12, "reference: reference must be 'exact', 'none', NAME[:STEPS] (e.g. dpm:200) or a mapping, got 12"),
+    ],
+)
+def test_bad_reference_messages(value, message: str) -> None:
+    with pytest.raises(PlanError) as err:
+        _reference(value)
+    assert str(err.value) == message
+
+
+def test_bad_reference_in_a_file_names_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "prompt: x\nschedulers: ddim\nreference:\n  scheduler: ddim\n  steps: zero\n")
+    with pytest.raises(PlanError) as err:
+        build_plan(path)
+    assert str(err.value) == f"{path}:3: reference: steps must be a whole number, got 'zero'"
+
+
+@pytest.mark.parametrize("value", [0, -1, "small", True])
+def test_target_error_must_be_positive(value) -> None:
+    with pytest.raises(PlanError) as err:
+        build_plan(None, {"prompt": "x", "schedulers": "ddim", "target_error": value})
+    assert str(err.value) == f"target_error must be a number > 0 (a latent RMSE), got {value!r}"
