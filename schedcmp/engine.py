@@ -13,13 +13,14 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .accuracy import Accuracy, measure
 from .core.errors import ConfigError
 from .core.pipeline import DenoisingPipeline
 from .core.schedulers import EDMEulerScheduler, SchedulerMixin
 from .core.schedulers.base import randn_tensor
 from .errors import PlanError
 from .memory import free_memory_bytes, lanes_that_fit, peak_call_bytes
-from .plan import Plan, RunSpec
+from .plan import Plan, ReferenceSpec, RunSpec
 
 ProgressCallback = Callable[[int], None]
 
@@ -38,10 +39,29 @@ class RunResult:
     seconds: float = 0.0
     scheduler_seconds: float = 0.0
     error: str | None = None
+    accuracy: Accuracy | None = None
 
     @property
     def seconds_per_call(self) -> float:
         return self.seconds / self.model_calls if self.model_calls else 0.0
+
+
+@dataclass
+class ReferenceResult:
+    """The answer every run is measured against: the exact solution, or a many-step run (``run``)."""
+
+    spec: ReferenceSpec
+    run: RunResult | None = None
+    status: str = "not run"
+    latents: torch.Tensor | None = None
+    image: Image.Image | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    nearest: tuple[float, str] | None = None
+
+    @property
+    def model_calls(self) -> int:
+        return self.run.model_calls if self.run else 0
 
 
 @dataclass
@@ -55,6 +75,7 @@ class EngineReport:
     warnings: list[str] = field(default_factory=list)
     max_batch: int | None = None
     max_batch_reason: str | None = None
+    reference: ReferenceResult | None = None
 
 
 def synchronize(device: torch.device) -> None:
@@ -116,6 +137,7 @@ class Engine:
         self.single_lane_embeddings = self._embeddings(1)
         self.max_batch = plan.max_batch
         self.max_batch_reason = "set by the plan" if plan.max_batch else None
+        self.reference = self._prepare_reference(plan.reference)
 
     def _prepare(self, index: int, spec: RunSpec) -> RunResult:
         """Build the run's scheduler from the model's config and check its step count, before anything runs."""
@@ -134,10 +156,28 @@ class Engine:
             )
         return RunResult(index, spec, scheduler)
 
+    def _prepare_reference(self, spec: ReferenceSpec | None) -> ReferenceResult | None:
+        """Check the reference can be computed here, before anything runs."""
+        if spec is None:
+            return None
+        if spec.run is None:
+            if type(self.pipeline).exact_solution is DenoisingPipeline.exact_solution:
+                raise PlanError(
+                    f"reference 'exact' needs a model with a closed-form solution (builtin:shapes); "
+                    f"{self.pipeline.name} has none: name a reference run instead, e.g. --reference dpm:200"
+                )
+            return ReferenceResult(spec)
+        run = self._prepare(-1, spec.run)
+        if run.scheduler.is_stochastic:
+            raise PlanError(f"reference: {spec.label} is stochastic (it draws fresh noise every step), so it is no "
+                            "converged answer; choose a deterministic scheduler, e.g. --reference dpm:200")
+        return ReferenceResult(spec, run)
+
     @property
     def total_model_calls(self) -> int:
         """Model calls the whole plan will make (progress bar total)."""
-        return sum(len(r.scheduler.timesteps) for r in self.results)
+        reference = self.reference.run if self.reference and self.reference.run else None
+        return sum(len(r.scheduler.timesteps) for r in [*self.results, *([reference] if reference else [])])
 
     def _new_lane(self, result: RunResult) -> _Lane:
         """Fresh generator from the seed, initial latents drawn from it and scaled by init_noise_sigma."""
@@ -221,8 +261,44 @@ class Engine:
                 self._run_all(advance)
         except KeyboardInterrupt:
             interrupted = True
-        return EngineReport(self.results, self.plan.mode, time.perf_counter() - start, interrupted,
-                            max_batch=self.max_batch, max_batch_reason=self.max_batch_reason)
+        wall = time.perf_counter() - start
+        self._measure_accuracy()
+        return EngineReport(self.results, self.plan.mode, wall, interrupted, max_batch=self.max_batch,
+                            max_batch_reason=self.max_batch_reason, reference=self.reference)
+
+    def _run_reference(self, advance: ProgressCallback) -> None:
+        """The reference from the plan's seed: the exact solution of the same initial noise, or the run."""
+        reference = self.reference
+        if reference is None:
+            return
+        if reference.run is not None:
+            self._run_one(reference.run, advance)
+            run = reference.run
+            reference.status, reference.error, reference.seconds = run.status, run.error, run.seconds
+            reference.latents, reference.image = run.latents, run.image
+            return
+        start = time.perf_counter()
+        try:
+            generator = torch.Generator(self.generator_device).manual_seed(self.plan.seed)
+            noise = randn_tensor(self.latent_shape, generator, self.device, self.pipeline.dtype)
+            reference.latents = self.pipeline.exact_solution(noise, self.cond, self.uncond, self.plan.guidance)
+            reference.image = self.pipeline.decode(reference.latents)[0]
+            reference.status = "ok"
+        except Exception as err:  # the runs still run; they just get no accuracy
+            reference.status, reference.error = "failed", f"{type(err).__name__}: {err}"
+        reference.seconds = time.perf_counter() - start
+
+    def _measure_accuracy(self) -> None:
+        """Each finished run against the reference; on a model with a known data set, also its nearest image."""
+        reference = self.reference
+        if reference is None or reference.status != "ok":
+            return
+        reference.nearest = self.pipeline.nearest_training_image(reference.latents)
+        for result in self.results:
+            if result.status == "ok":
+                result.accuracy = measure(result.latents, result.image, reference.latents, reference.image,
+                                          result.scheduler.is_stochastic,
+                                          self.pipeline.nearest_training_image(result.latents))
 
     def _run_all(self, advance: ProgressCallback) -> None:
         """Warm up, then every run in the plan's mode."""
@@ -230,6 +306,7 @@ class Engine:
         if self.plan.mode == "batched" and self.max_batch is None:
             self.max_batch = self.choose_max_batch()
         with torch.inference_mode():
+            self._run_reference(advance)
             if self.plan.mode == "batched":
                 self._run_batched(advance)
             else:

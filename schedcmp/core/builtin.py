@@ -8,7 +8,14 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError
-from .models.shapes import ShapesDenoiser, ShapesTextEncoder, shapes_dataset, to_pil
+from .models.shapes import (
+    ShapesDenoiser,
+    ShapesTextEncoder,
+    nearest_images,
+    probability_flow_reference,
+    shapes_dataset,
+    to_pil,
+)
 from .pipeline import DenoisingPipeline
 from .schedulers import PNDMScheduler
 
@@ -75,6 +82,21 @@ class ShapesPipeline(DenoisingPipeline):
     def compile(self) -> None:
         """torch.compile the exact denoiser."""
         self.denoiser = torch.compile(self.denoiser)
+
+    def exact_solution(self, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                       guidance: float) -> torch.Tensor:
+        """The float64 RK4 solution of the guided PF-ODE (Karras et al. 2022, eq. 3) from x_T = noise at t = T-1,
+        the start every schedule converges to as its steps grow."""
+        abar_last = self.scheduler.alphas_cumprod[-1].double()
+        sigma_max = float(((1 - abar_last) / abar_last).sqrt())
+        x_T = noise.double() * (1 + sigma_max**2) ** 0.5  # DDPM-space x_T -> sigma space x_T / sqrt(abar)
+        solution = probability_flow_reference(x_T, cond, sigma_max, guidance, uncond, dataset=self.dataset)
+        return solution.to(noise.dtype)
+
+    def nearest_training_image(self, latents: torch.Tensor) -> tuple[float, str]:
+        """RMSE to the closest of the drawn data-set images and its caption."""
+        rmse, index = nearest_images(latents[:1], self.dataset)
+        return float(rmse[0]), self.dataset.items[int(index[0])].caption
 
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Pixel space is the latent space here: map [-1, 1] to 8-bit RGB."""

@@ -56,6 +56,15 @@ class DenoisingPipeline(ABC):
     def compile(self) -> None:
         """Replace the denoiser by its ``torch.compile``d version."""
 
+    def exact_solution(self, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                       guidance: float) -> torch.Tensor | None:
+        """The converged probability-flow ODE solution from ``noise`` where the model has one (None: it has not)."""
+        return None
+
+    def nearest_training_image(self, latents: torch.Tensor) -> tuple[float, str] | None:
+        """RMSE to the closest training image and its caption, where the training set is known (None: it is not)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Model, device, dtype and library versions for the run record."""
         return {

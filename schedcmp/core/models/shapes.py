@@ -408,3 +408,18 @@ def probability_flow_reference(x_T: torch.Tensor, log_weights: torch.Tensor, sig
             k4 = velocity(x + h * k3, s_next)
             x = x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
     return denoise(x, min(sigma_start, sigma_end)).reshape(x_T.shape)
+
+
+def nearest_images(samples: torch.Tensor, dataset: ShapesDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMSE [B], index [B]) of the data-set image closest to each sample [B, 3, H, W], in float64.
+
+    |x - x_i|^2 = |x|^2 - 2 x.x_i + |x_i|^2 with x.x_i from the factors, as in the posterior mean.
+    """
+    b, n = samples.shape[0], len(dataset)
+    x = samples.detach().reshape(b, 3, -1).to(torch.float64)  # [B, 3, P]
+    masks = dataset.masks.reshape(len(dataset.masks), -1).to(x)  # [K, P]
+    coefficients = dataset.coefficients.reshape(n, -1).to(x)  # [N, 3K]
+    dots = (x @ masks.T).reshape(b, -1) @ coefficients.T  # [B, 3, K] -> [B, 3K] -> [B, N]
+    squares = x.square().sum(dim=(1, 2))[:, None] - 2 * dots + 2 * _half_sq_norms(dataset).to(x)  # [B, N]
+    best, index = squares.min(dim=1)
+    return (best.clamp(min=0) / x[0].numel()).sqrt(), index

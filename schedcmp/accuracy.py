@@ -1,0 +1,103 @@
+"""Each run against the reference of the same seed, error-vs-cost series, and the cost to reach a target error."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .metrics import latent_rmse, psnr, ssim
+from .plot import Series
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """How far one run landed from the reference (and, on a model with a known data set, from its data)."""
+
+    latent_rmse: float
+    psnr: float  # dB; infinite when the images are identical
+    ssim: float
+    stochastic: bool  # a stochastic sampler's distance to an ODE solution is a spread, not an error
+    nearest_dataset_rmse: float | None = None
+    nearest_caption: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "latent_rmse": self.latent_rmse,
+            "psnr": None if math.isinf(self.psnr) else round(self.psnr, 4),
+            "ssim": round(self.ssim, 6),
+            "stochastic": self.stochastic,
+            "nearest_dataset_rmse": self.nearest_dataset_rmse,
+            "nearest_caption": self.nearest_caption,
+        }
+
+
+def measure(latents: torch.Tensor, image: Image.Image, reference_latents: torch.Tensor,
+            reference_image: Image.Image, stochastic: bool,
+            nearest: tuple[float, str] | None = None) -> Accuracy:
+    """Latent RMSE, image PSNR and SSIM of one result against the reference from the same seed."""
+    nearest_rmse, caption = nearest if nearest is not None else (None, None)
+    return Accuracy(latent_rmse(latents, reference_latents), psnr(image, reference_image),
+                    ssim(image, reference_image), stochastic, nearest_rmse, caption)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One finished run as the sweep sees it: its row (scheduler), cost and error."""
+
+    row: str
+    steps: int
+    model_calls: int
+    error: float
+    stochastic: bool
+
+
+def error_series(points: Sequence[Measured]) -> list[Series]:
+    """One plot line per row: (model calls, latent RMSE) of each of its step counts, in first-seen row order."""
+    rows: dict[str, list[Measured]] = {}
+    for point in points:
+        rows.setdefault(point.row, []).append(point)
+    return [
+        Series(name, tuple((float(p.model_calls), p.error) for p in members), any(p.stochastic for p in members))
+        for name, members in rows.items()
+    ]
+
+
+@dataclass(frozen=True)
+class CostToReach:
+    """The cheapest measured run of a row whose error is at most the target (None: no step count reached it)."""
+
+    row: str
+    stochastic: bool
+    model_calls: int | None
+    steps: int | None
+    best_error: float
+    best_calls: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scheduler": self.row, "stochastic": self.stochastic, "model_calls": self.model_calls,
+                "steps": self.steps, "best_error": self.best_error, "best_model_calls": self.best_calls}
+
+
+def cost_to_reach(points: Sequence[Measured], target: float) -> list[CostToReach]:
+    """Per row, the fewest model calls among its runs with error <= ``target``; cheapest first, unreached last
+    (those by their best error), stochastic rows after deterministic ones."""
+    rows: dict[str, list[Measured]] = {}
+    for point in points:
+        rows.setdefault(point.row, []).append(point)
+    table = []
+    for row, members in rows.items():
+        reached = [p for p in members if p.error <= target]
+        first = min(reached, key=lambda p: p.model_calls) if reached else None
+        best = min(members, key=lambda p: (p.error, p.model_calls))
+        table.append(CostToReach(row, any(p.stochastic for p in members), first.model_calls if first else None,
+                                 first.steps if first else None, best.error, best.model_calls))
+    return sorted(table, key=_cheapest_first)
+
+
+def _cheapest_first(row: CostToReach) -> tuple[bool, bool, int, float]:
+    return row.stochastic, row.model_calls is None, row.model_calls or 0, row.best_error
