@@ -26,6 +26,7 @@ SERIES_COLOURS: tuple[tuple[int, int, int], ...] = (
     (68, 170, 153),  # teal
 )
 MARKERS = ("circle", "square", "diamond", "triangle")  # one per pass through the palette
+NESTING_LEVELS = 4  # earlier series are drawn up to 3 levels wider, so exact overlaps stay visible
 
 WIDTH, HEIGHT = 1000, 650  # px, with the legend on the right
 PLOT_LEFT, PLOT_TOP = 92, 58  # px: room for the y tick labels and the rotated y label; for the title
@@ -229,16 +230,22 @@ def _draw_grid(draw: ImageDraw.ImageDraw, axes: _Axes, fonts) -> None:
         draw.text((left - 8, axes.py(y)), format_tick(y), fill=INK, font=fonts["tick"], anchor="rm")
 
 
-def _draw_series(draw: ImageDraw.ImageDraw, axes: _Axes, series: Series, colour: Colour, marker: str) -> None:
-    """One series: its line (dashed if stochastic), a marker per point, and a ▼ on the bottom edge per zero error."""
+def _draw_series(draw: ImageDraw.ImageDraw, axes: _Axes, series: Series, colour: Colour, marker: str,
+                 nesting: int = 0) -> None:
+    """One series: its line (dashed if stochastic), a marker per point, and a ▼ on the bottom edge per zero error.
+
+    ``nesting`` widens the line and markers (2 px a level), so a series drawn later on exactly the same points
+    leaves a rim of the earlier one visible.
+    """
     positive, zeros = _clean(series)
     pixels = [(axes.px(x), axes.py(y)) for x, y in positive]
+    width, radius = LINE_WIDTH + 2 * nesting, MARKER_RADIUS + 2 * nesting
     if len(pixels) > 1 and series.stochastic:
-        _dashed(draw, pixels, colour, LINE_WIDTH)
+        _dashed(draw, pixels, colour, width)
     elif len(pixels) > 1:
-        draw.line(pixels, fill=colour, width=LINE_WIDTH, joint="curve")
+        draw.line(pixels, fill=colour, width=width, joint="curve")
     for x, y in pixels:
-        _marker(draw, x, y, marker, colour)
+        _marker(draw, x, y, marker, colour, radius)
     for x in zeros:
         _marker(draw, axes.px(x), axes.box[3] - MARKER_RADIUS - 2, "down", colour, MARKER_RADIUS + 1)
 
@@ -298,9 +305,10 @@ def save_error_plot(
     if target is not None:
         _dashed(draw, [(left, axes.py(target)), (right, axes.py(target))], TARGET, 2)
         draw.text((right - 6, axes.py(target) - 4), "target", fill=TARGET, font=fonts["tick"], anchor="rb")
+    levels = min(NESTING_LEVELS, len(series))
     for i, s in enumerate(series):
         colour, marker = SERIES_COLOURS[i % len(SERIES_COLOURS)], MARKERS[i // len(SERIES_COLOURS) % len(MARKERS)]
-        _draw_series(draw, axes, s, colour, marker)
+        _draw_series(draw, axes, s, colour, marker, nesting=levels - 1 - i % levels)
     draw.rectangle(where.plot, outline=INK, width=1)
     draw.text(((left + right) / 2, bottom + 32), x_label, fill=INK, font=fonts["label"], anchor="mt")
     _draw_y_label(image, y_label, fonts["label"], where.plot)

@@ -190,3 +190,10 @@ def test_ticks_fall_back_to_whole_decades_when_crowded() -> None:
 
 def test_ticks_skip_decades_when_even_those_are_crowded() -> None:
     assert log_ticks(1e-12, 1, 240, 30) == [1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1]
+
+
+def test_series_on_exactly_the_same_points_all_stay_visible(tmp_path: Path) -> None:
+    same = ((5, 0.3), (10, 0.2), (20, 0.1))
+    image = draw(tmp_path, [Series(name, same) for name in ("euler", "unipc", "dpm", "lms")])
+    for colour in SERIES_COLOURS[:4]:
+        assert len(pixels_of(image, colour, layout(4).plot)) > 300
