@@ -49,7 +49,7 @@ PROMPT = "A photograph of an astronaut riding a horse on Mars, high resolution, 
 
 def plans(model: str, size: int) -> dict[str, dict]:
     """The seven runs of the guide, and every alias at 10, 20 and 30 steps."""
-    common = {"model": model, "size": f"{size}x{size}", "prompt": PROMPT}
+    common = {"model": model, "size": f"{size}x{size}", "prompt": PROMPT, "reference": "none"}  # timing only
     return {
         "seed-doc (7 runs)": {"path": ROOT / "configs" / "seed-doc.yaml", **common},
         "15 schedulers x {10,20,30}": {

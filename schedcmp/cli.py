@@ -19,10 +19,18 @@ from rich.table import Table
 from . import __version__
 from .core.load import load_pipeline, load_scheduler_config
 from .core.schedulers import A1111_PRESETS, ALIASES, SchedulerPreset, resolve_scheduler
-from .engine import Engine
+from .engine import Engine, cpu_threads
 from .errors import RunFailedError, SchedcmpError
 from .plan import build_plan
-from .report import prepare_output_folder, timing_table, write_outputs
+from .report import cost_table, prepare_output_folder, timing_table, write_outputs
+from .smoke import (
+    DEFAULT_TOLERANCE_DB,
+    ImageCheck,
+    check_determinism,
+    compare_with_expected,
+    identical_results,
+    read_expected,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -42,11 +50,14 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _show_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
-    messages = list(dict.fromkeys(str(w.message) for w in caught))
+def _show_messages(messages: list[str]) -> list[str]:
     for message in messages:
         err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
     return messages
+
+
+def _show_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return _show_messages(list(dict.fromkeys(str(w.message) for w in caught)))
 
 
 def _version(value: bool) -> None:
@@ -109,11 +120,29 @@ def run(
         str | None, typer.Option(help="Device of each run's torch.Generator (default: --device).")
     ] = None,
     clip_skip: Annotated[int | None, typer.Option(help="Use the text encoder's k-th last layer (SD models).")] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Measure every run against: exact (builtin:shapes' ODE solution, its default), NAME[:STEPS] "
+                          "(e.g. dpm:200), or none."),
+    ] = None,
+    target_error: Annotated[
+        float | None, typer.Option(help="Latent RMSE the cost-to-reach table asks for (default 0.05).")
+    ] = None,
     compile_model: Annotated[
         bool, typer.Option("--compile", help="torch.compile the denoiser (UNet) before the first run.")
     ] = False,
     allow_pickle: Annotated[
         bool, typer.Option(help="Also load pickled .bin/.ckpt weights, with torch.load(weights_only=True).")
+    ] = False,
+    expect: Annotated[
+        Path | None, typer.Option(help="CI check: compare the images with a previous run's --out folder; exit 1 on "
+                                       "drift.")
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(min=0, help="Lowest PSNR in dB an image may have against --expect's.")
+    ] = DEFAULT_TOLERANCE_DB,
+    check_determinism_flag: Annotated[
+        bool, typer.Option("--check-determinism", help="CI check: sample the first run twice; exit 1 if they differ.")
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Output folder (default out/run-<time>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace results already in the output folder.")] = False,
@@ -140,8 +169,12 @@ def run(
                     "max_batch": max_batch,
                     "generator_device": generator_device,
                     "clip_skip": clip_skip,
+                    "reference": reference,
+                    "target_error": target_error,
                 },
             )
+            if expect is not None:
+                read_expected(expect)  # before sampling anything
             folder = out or Path("out") / time.strftime("run-%Y%m%d-%H%M%S")
             prepare_output_folder(folder, overwrite)
             torch_device = resolve_device(plan.device)
@@ -165,6 +198,7 @@ def run(
         task = progress.add_task(f"{len(plan.runs)} runs, {plan.mode}", total=engine.total_model_calls)
         report = engine.run(lambda n: progress.advance(task, n))
     report.warnings.extend(notes)
+    report.warnings.extend(_show_messages(identical_results(report.results)))
 
     width, height = plan.size or pipeline.default_size
     files = write_outputs(folder, plan, report, pipeline.describe(), (width, height))
@@ -172,13 +206,19 @@ def run(
         typer.echo(files.results.read_text(encoding="utf-8"), nl=False)
     else:
         out_console.print(timing_table(report))
+        costs = cost_table(plan, report)
+        if costs is not None:
+            out_console.print(costs)
         calls = sum(r.model_calls for r in report.results)
         out_console.print(
             f"{len(report.results)} runs, {calls} model calls, {report.wall_seconds:.2f} s wall ({report.mode})",
             highlight=False,
         )
-        out_console.print(f"wrote {files.grid}, {files.timings}, {files.results} and {len(files.images)} images",
-                          highlight=False)
+        written = [files.grid, files.timings, files.results, *([files.plot] if files.plot else []), files.html]
+        out_console.print(f"wrote {', '.join(map(str, written))} and {len(files.images)} images", highlight=False)
+    if report.reference is not None and report.reference.status == "failed":
+        err_console.print(f"[yellow]warning:[/yellow] the reference failed, so no run has accuracy figures: "
+                          f"{escape(report.reference.error or '')}", highlight=False, soft_wrap=True)
     if report.interrupted:
         err_console.print("[yellow]interrupted:[/yellow] wrote the runs that finished", highlight=False)
         raise typer.Exit(130)
@@ -186,6 +226,37 @@ def run(
     if failed:
         names = ", ".join(f"{r.index + 1} ({r.spec.label})" for r in failed)
         raise _fail(str(RunFailedError(f"{len(failed)} of {len(report.results)} runs failed: {names}")))
+    try:
+        if expect is not None:
+            document = json.loads(files.results.read_text(encoding="utf-8"))
+            _report_expectations(compare_with_expected(document, folder, expect, tolerance), expect, tolerance)
+        if check_determinism_flag:
+            with cpu_threads(pipeline.cpu_threads, torch_device):
+                check = check_determinism(pipeline, plan)
+            where = f"run 1 ({check.label}, {check.steps} steps)"
+            if not check.identical:
+                raise SchedcmpError(f"{where} is not deterministic: sampled twice from seed {plan.seed}, its latents "
+                                    f"differ by up to {check.max_abs_difference:.3g}")
+            err_console.print(f"determinism: {where} gave bit-identical latents twice", highlight=False)
+    except SchedcmpError as err:
+        raise _fail(str(err)) from None
+
+
+def _report_expectations(checks: list[ImageCheck], expected: Path, tolerance: float) -> None:
+    """Print every image's PSNR against the expected run's; raise when any drifted, failed or is missing."""
+    table = Table(title=f"Images against {expected} (pass: PSNR >= {tolerance:g} dB)", title_justify="left")
+    for name, justify in (("run", "left"), ("steps", "right"), ("PSNR dB", "right"), ("status", "left")):
+        table.add_column(name, justify=justify)
+    for check in checks:
+        shown = "" if check.psnr is None else ("∞" if check.psnr == float("inf") else f"{check.psnr:.1f}")
+        status = check.status if check.passed else f"[red]{check.status}[/red]"
+        table.add_row(check.label, str(check.steps), shown, status)
+    out_console.print(table)
+    bad = [c for c in checks if not c.passed]
+    if bad:
+        names = ", ".join(f"{c.label} {c.steps} ({c.status})" for c in bad)
+        raise SchedcmpError(f"{len(bad)} of {len(checks)} images differ from {expected}: {names}")
+    err_console.print(f"expect: all {len(checks)} images match {expected}", highlight=False)
 
 
 def _preset_row(preset: SchedulerPreset, config: dict, steps: int = 20) -> list[str]:

@@ -143,7 +143,7 @@ def _accuracy_caption(accuracy: dict[str, Any] | None) -> str:
         return ""
     psnr = accuracy.get("psnr")
     psnr_text = "PSNR ∞ (identical)" if psnr is None else f"PSNR {psnr:.1f} dB"
-    return f"RMSE {_fmt(accuracy.get('latent_rmse'), '.4f')} · {psnr_text}"
+    return f"RMSE {_fmt(accuracy.get('latent_rmse'), '.3g')} · {psnr_text}"
 
 
 def _cell(run: dict[str, Any], folder: Path) -> str:
@@ -213,8 +213,8 @@ def _runs_table(runs: list[dict[str, Any]]) -> str:
             else:
                 psnr_cell = _td(psnr, ".2f")
             stochastic = "" if "stochastic" not in acc else ("yes" if acc["stochastic"] else "no")
-            cells += [_td(acc.get("latent_rmse"), ".5f"), psnr_cell, _td(acc.get("ssim"), ".4f"),
-                      f"<td>{stochastic}</td>", _td(acc.get("nearest_dataset_rmse"), ".4f"),
+            cells += [_td(acc.get("latent_rmse"), ".3g"), psnr_cell, _td(acc.get("ssim"), ".4f"),
+                      f"<td>{stochastic}</td>", _td(acc.get("nearest_dataset_rmse"), ".3g"),
                       f'<td class="wrap">{escape(acc.get("nearest_caption") or "")}</td>']
         row_class = "" if ok else ' class="failed-run"'
         rows.append(f'<tr{row_class}>{"".join(cells)}</tr>')

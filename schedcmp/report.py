@@ -1,9 +1,11 @@
-"""Everything a run leaves behind: images, grid.png, timings.csv, results.json, and the Rich timing table."""
+"""Everything a run leaves behind: images, grid.png, timings.csv, results.json, the accuracy plot, report.html,
+and the Rich tables."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -14,15 +16,21 @@ from PIL import PngImagePlugin
 from rich.table import Table
 
 from . import __version__
+from .accuracy import CostToReach, Measured, cost_to_reach, error_series
 from .core.configuration import to_jsonable
-from .engine import EngineReport, RunResult
+from .engine import EngineReport, ReferenceResult, RunResult
 from .errors import OutputExistsError
 from .grid import GridCell, save_grid
+from .html_report import write_html_report
 from .plan import Plan
+from .plot import save_error_plot
 
-RESULT_NAMES = ("grid.png", "timings.csv", "results.json", "images")
+PLOT_NAME = "error_vs_calls.png"
+REFERENCE_NAME = "reference.png"
+RESULT_NAMES = ("grid.png", "timings.csv", "results.json", "images", REFERENCE_NAME, PLOT_NAME, "report.html")
 CSV_COLUMNS = ("index", "label", "scheduler", "class", "steps", "model_calls", "seconds", "seconds_per_call",
-               "scheduler_seconds", "mode", "status", "error")
+               "scheduler_seconds", "mode", "status", "error", "latent_rmse", "psnr_db", "ssim", "stochastic",
+               "nearest_dataset_rmse", "nearest_caption")
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,8 @@ class OutputFiles:
     timings: Path
     results: Path
     images: list[Path]
+    html: Path
+    plot: Path | None = None
 
 
 def prepare_output_folder(folder: Path, overwrite: bool) -> None:
@@ -92,17 +102,69 @@ def _run_record(result: RunResult, mode: str, image_path: Path | None, folder: P
         "scheduler_seconds": round(result.scheduler_seconds, 6),
         "timing": "attributed share of batched calls" if mode == "batched" else "wall time of the run alone",
         "image": image_path.relative_to(folder).as_posix() if image_path else None,
+        "accuracy": result.accuracy.to_json() if result.accuracy else None,
         "scheduler_config": {
             k: to_jsonable(v) for k, v in result.scheduler.config.items() if k != "_use_default_values"
         },
     }
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float spelled as a string ('inf', '-inf', 'nan'), so it is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def row_name(plan: Plan, result: RunResult) -> str:
+    """The grid row (and plot line) a run belongs to: its scheduler in a matrix plan, its label in a list."""
+    return result.spec.scheduler if plan.layout == "matrix" else result.spec.label
+
+
+def measured_points(plan: Plan, report: EngineReport) -> list[Measured]:
+    """Every run with an accuracy, as (row, steps, model calls, latent RMSE)."""
+    return [
+        Measured(row_name(plan, r), r.spec.steps, r.model_calls, r.accuracy.latent_rmse, r.accuracy.stochastic)
+        for r in report.results
+        if r.accuracy is not None
+    ]
+
+
+def _reference_record(reference: ReferenceResult, image_path: Path | None, folder: Path) -> dict[str, Any]:
+    nearest_rmse, caption = reference.nearest or (None, None)
+    return {
+        **reference.spec.to_json(),
+        "status": reference.status,
+        "error": reference.error,
+        "model_calls": reference.model_calls,
+        "seconds": round(reference.seconds, 6),
+        "image": image_path.relative_to(folder).as_posix() if image_path else None,
+        "nearest_dataset_rmse": nearest_rmse,
+        "nearest_caption": caption,
+    }
+
+
+def accuracy_caption(result: RunResult) -> str | None:
+    """'RMSE 0.0123 · 38.1 dB' (or 'identical to the reference'), marked when the sampler is stochastic."""
+    accuracy = result.accuracy
+    if accuracy is None:
+        return None
+    text = ("identical to the reference" if math.isinf(accuracy.psnr)
+            else f"RMSE {accuracy.latent_rmse:.3g} · {accuracy.psnr:.1f} dB")
+    return text + (" · stochastic" if accuracy.stochastic else "")
+
+
 def cell_caption(result: RunResult) -> list[str]:
     """Caption lines under a grid cell: name, then steps / calls / seconds or what went wrong."""
     spec = result.spec
     if result.status == "ok":
-        return [spec.label, f"{spec.steps} steps · {result.model_calls} calls · {result.seconds:.2f} s"]
+        lines = [spec.label, f"{spec.steps} steps · {result.model_calls} calls · {result.seconds:.2f} s"]
+        accuracy = accuracy_caption(result)
+        return [*lines, accuracy] if accuracy else lines
     reason = result.error or result.status
     return [spec.label, f"{spec.steps} steps · {result.status}", reason]
 
@@ -131,7 +193,7 @@ def write_outputs(
     ]
     cells = [
         GridCell(
-            row=r.spec.scheduler if plan.layout == "matrix" else r.spec.label,
+            row=row_name(plan, r),
             column=f"{r.spec.steps} steps",
             image=r.image,
             lines=cell_caption(r),
@@ -150,7 +212,25 @@ def write_outputs(
                 record["index"], record["label"], record["scheduler"], record["class"], record["steps"],
                 record["model_calls"], f"{record['seconds']:.6f}", f"{record['seconds_per_call']:.6f}",
                 f"{record['scheduler_seconds']:.6f}", report.mode, record["status"], record["error"] or "",
+                *_accuracy_cells(record["accuracy"]),
             ])
+
+    reference = None
+    if report.reference is not None:
+        path = None
+        if report.reference.image is not None:
+            path = folder / REFERENCE_NAME
+            report.reference.image.save(path, format="PNG")
+        reference = _reference_record(report.reference, path, folder)
+
+    points = measured_points(plan, report)
+    plot = None
+    if points:
+        plot = save_error_plot(
+            error_series(points), folder / PLOT_NAME, target=plan.target_error,
+            title=f'"{plan.prompt}" · seed {plan.seed} · guidance {plan.guidance:g} · against {plan.reference.label}',
+        )
+    costs = cost_to_reach(points, plan.target_error) if points else []
 
     results = folder / "results.json"
     document = {
@@ -163,25 +243,79 @@ def write_outputs(
         "wall_seconds": round(report.wall_seconds, 6),
         "interrupted": report.interrupted,
         "warnings": report.warnings,
+        "reference": reference,
+        "target_error": plan.target_error,
+        "cost_to_reach": {"target_error": plan.target_error, "rows": [c.to_json() for c in costs]} if costs else None,
+        "plot": PLOT_NAME if plot else None,
         "runs": records,
     }
-    results.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return OutputFiles(folder, grid, timings, results, images)
+    document = finite_json(document)
+    results.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    html = write_html_report(folder, document)
+    return OutputFiles(folder, grid, timings, results, images, html, plot)
+
+
+def _accuracy_cells(accuracy: dict[str, Any] | None) -> list[str]:
+    """The CSV's accuracy columns for one run (empty when it has none; PSNR 'inf' for identical images)."""
+    if accuracy is None:
+        return [""] * 6
+    psnr = "inf" if accuracy["psnr"] is None else f"{accuracy['psnr']:.4f}"
+    nearest = accuracy["nearest_dataset_rmse"]
+    return [f"{accuracy['latent_rmse']:.6g}", psnr, f"{accuracy['ssim']:.6f}", str(accuracy["stochastic"]).lower(),
+            "" if nearest is None else f"{nearest:.6g}", accuracy["nearest_caption"] or ""]
 
 
 def timing_table(report: EngineReport) -> Table:
-    """The per-run table printed on stdout."""
+    """The per-run table printed on stdout, with accuracy columns when the runs were measured."""
     attributed = report.mode == "batched"
     title = "Timings (batched: each run's attributed share of shared model calls)" if attributed else (
         "Timings (sequential: each run timed alone)")
+    measured = any(r.accuracy for r in report.results)
+    if measured:
+        title += f"; accuracy against {report.reference.spec.label} from the same seed"
     table = Table(title=title, title_justify="left")
-    for name, justify in (("#", "right"), ("run", "left"), ("class", "left"), ("steps", "right"),
-                          ("model calls", "right"), ("seconds", "right"), ("ms / call", "right"),
-                          ("scheduler ms", "right"), ("status", "left")):
+    columns = [("#", "right"), ("run", "left"), ("class", "left"), ("steps", "right"), ("model calls", "right"),
+               ("seconds", "right"), ("ms / call", "right"), ("scheduler ms", "right")]
+    if measured:
+        columns += [("latent RMSE", "right"), ("PSNR dB", "right"), ("SSIM", "right")]
+    for name, justify in [*columns, ("status", "left")]:
         table.add_column(name, justify=justify)
     for r in report.results:
         status = r.status if r.status != "failed" else f"[red]failed[/red]: {r.error}"
-        table.add_row(str(r.index + 1), r.spec.label, r.spec.preset.cls.__name__, str(r.spec.steps),
-                      str(r.model_calls), f"{r.seconds:.3f}", f"{r.seconds_per_call * 1e3:.2f}",
-                      f"{r.scheduler_seconds * 1e3:.2f}", status)
+        cells = [str(r.index + 1), r.spec.label, r.spec.preset.cls.__name__, str(r.spec.steps), str(r.model_calls),
+                 f"{r.seconds:.3f}", f"{r.seconds_per_call * 1e3:.2f}", f"{r.scheduler_seconds * 1e3:.2f}"]
+        if measured:
+            cells += _accuracy_columns(r)
+        table.add_row(*cells, status)
     return table
+
+
+def _accuracy_columns(result: RunResult) -> list[str]:
+    accuracy = result.accuracy
+    if accuracy is None:
+        return ["", "", ""]
+    mark = " (stochastic)" if accuracy.stochastic else ""
+    psnr = "∞" if math.isinf(accuracy.psnr) else f"{accuracy.psnr:.1f}"
+    return [f"{accuracy.latent_rmse:.3g}{mark}", psnr, f"{accuracy.ssim:.3f}"]
+
+
+def cost_table(plan: Plan, report: EngineReport) -> Table | None:
+    """Rows sorted by the model calls they needed to reach the plan's target error (None without accuracy)."""
+    points = measured_points(plan, report)
+    if not points:
+        return None
+    table = Table(title=f"Cost to reach latent RMSE <= {plan.target_error:g} against {plan.reference.label}",
+                  title_justify="left")
+    for name, justify in (("scheduler", "left"), ("model calls", "right"), ("steps", "right"),
+                          ("best RMSE", "right"), ("at calls", "right")):
+        table.add_column(name, justify=justify)
+    for row in cost_to_reach(points, plan.target_error):
+        table.add_row(*_cost_cells(row))
+    return table
+
+
+def _cost_cells(row: CostToReach) -> list[str]:
+    name = row.row + (" (stochastic)" if row.stochastic else "")
+    if row.model_calls is None:
+        return [name, "not reached", "", f"{row.best_error:.3g}", str(row.best_calls)]
+    return [name, str(row.model_calls), str(row.steps), f"{row.best_error:.3g}", str(row.best_calls)]

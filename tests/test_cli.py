@@ -116,7 +116,8 @@ def test_existing_results_are_not_overwritten(tmp_path: Path) -> None:
     again = run_quick(tmp_path / "out")
     assert again.exit_code == 1
     assert again.stderr.strip() == (
-        f"error: {tmp_path / 'out'} already holds results (grid.png, timings.csv, results.json, images); pass "
+        f"error: {tmp_path / 'out'} already holds results (grid.png, timings.csv, results.json, images, "
+        "reference.png, error_vs_calls.png, report.html); pass "
         "--overwrite to replace them or choose another --out"
     )
     assert run_quick(tmp_path / "out", "--overwrite").exit_code == 0

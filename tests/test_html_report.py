@@ -5,13 +5,10 @@ from __future__ import annotations
 import base64
 import copy
 import re
-import shutil
-import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import pytest
+from browser import Page
 from PIL import Image, ImageDraw
 
 from schedcmp.html_report import write_html_report
@@ -22,7 +19,6 @@ STEPS = [5, 10]
 # order is numeric order.
 SECONDS_PER_CALL = [0.0101, 0.009, 0.02, 0.0005, 0.00045, None]
 NASTY = '<b>"x" & </script>'
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
 def png(path: Path, color: tuple[int, int, int], size: int = 16) -> None:
@@ -75,50 +71,6 @@ def make_run(folder: Path, layout: str = "matrix", accuracy: bool = False) -> di
             {"scheduler": "euler", "model_calls": None, "steps": None},
         ]}
     return document
-
-
-class Page(HTMLParser):
-    """The parts of a page the tests look at: every start tag, and the header and body rows of every table by id."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.tables: dict[str, dict[str, list[list[str]]]] = {}
-        self._table: list[str | None] = []
-        self._section = ""
-        self._cell: list[str] | None = None
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-        if tag == "table":
-            self._table.append(dict(attrs).get("id"))
-            if self._table[-1]:
-                self.tables[self._table[-1]] = {"head": [], "body": []}
-        elif tag in ("thead", "tbody"):
-            self._section = "head" if tag == "thead" else "body"
-        elif tag == "tr" and self._table and self._table[-1]:
-            self.tables[self._table[-1]][self._section].append([])
-        elif tag in ("td", "th") and self._table and self._table[-1]:
-            self._cell = []
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "table":
-            self._table.pop()
-        elif tag in ("td", "th") and self._cell is not None:
-            self.tables[self._table[-1]][self._section][-1].append("".join(self._cell).strip())
-            self._cell = None
-
-    def handle_data(self, data: str) -> None:
-        if self._cell is not None:
-            self._cell.append(data)
-
-    def all(self, tag: str, cls: str | None = None) -> list[dict[str, str | None]]:
-        return [a for t, a in self.tags if t == tag and (cls is None or cls in (a.get("class") or "").split())]
-
-    def column(self, table: str, header: str) -> list[str]:
-        index = self.tables[table]["head"][0].index(header)
-        return [row[index] for row in self.tables[table]["body"]]
 
 
 def report(tmp_path: Path, **kwargs: Any) -> tuple[str, dict[str, Any]]:
@@ -218,7 +170,7 @@ def test_accuracy_columns_appear_only_when_runs_carry_accuracy(tmp_path: Path) -
     assert not set(accuracy_headers) & set(Page(plain).tables["runs"]["head"][0])
     assert Page(scored).tables["runs"]["head"][0][-6:] == accuracy_headers
     assert Page(scored).column("runs", "stochastic") == ["no", "no", "yes", "no", "no", ""]
-    assert "RMSE 0.1000 · PSNR 20.0 dB" in scored
+    assert "RMSE 0.1 · PSNR 20.0 dB" in scored
 
 
 def test_null_psnr_is_shown_as_identical_images(tmp_path: Path) -> None:
@@ -261,21 +213,6 @@ def test_scheduler_configs_plan_and_reference_are_in_details_blocks(tmp_path: Pa
 
 
 # --- a real browser -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def chromium(tmp_path: Path):
-    """Run headless Chromium on a file with its own profile; returns a function of the extra arguments."""
-    binary = next((path for path in map(shutil.which, BROWSERS) if path), None)
-    if binary is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
-
-    def run(*args: str) -> str:
-        command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                   "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
-
-    return run
 
 
 def page_with(tmp_path: Path, script: str = "", **kwargs: Any) -> str:
