@@ -90,7 +90,7 @@ class ReferenceSpec:
         return f"{self.run.label} {self.run.steps} steps"
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "label": self.label, **(self.run.to_json() if self.run else {})}
+        return {**(self.run.to_json() if self.run else {}), "kind": self.kind, "label": self.label}
 
 
 @dataclass(frozen=True)
