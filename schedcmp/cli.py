@@ -231,7 +231,8 @@ def run(
             document = json.loads(files.results.read_text(encoding="utf-8"))
             _report_expectations(compare_with_expected(document, folder, expect, tolerance), expect, tolerance)
         if check_determinism_flag:
-            with cpu_threads(pipeline.cpu_threads, torch_device):
+            with cpu_threads(pipeline.cpu_threads, torch_device), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the run above has shown them already
                 check = check_determinism(pipeline, plan)
             where = f"run 1 ({check.label}, {check.steps} steps)"
             if not check.identical:
