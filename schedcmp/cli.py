@@ -123,13 +123,17 @@ def run(
     reference: Annotated[
         str | None,
         typer.Option(help="Measure every run against: exact (builtin:shapes' ODE solution, its default), NAME[:STEPS] "
-                          "(e.g. dpm:200), or none."),
+                          "(e.g. dpm:200), auto (exact where the model has it, else dpm:200) or none."),
     ] = None,
     target_error: Annotated[
         float | None, typer.Option(help="Latent RMSE the cost-to-reach table asks for (default 0.05).")
     ] = None,
     compile_model: Annotated[
         bool, typer.Option("--compile", help="torch.compile the denoiser (UNet) before the first run.")
+    ] = False,
+    cuda_graphs: Annotated[
+        bool, typer.Option("--cuda-graphs", help="Capture each batch shape's model call in a CUDA graph "
+                                                 "(torch.compile mode reduce-overhead; pays with fixed shapes).")
     ] = False,
     allow_pickle: Annotated[
         bool, typer.Option(help="Also load pickled .bin/.ckpt weights, with torch.load(weights_only=True).")
@@ -179,9 +183,12 @@ def run(
             prepare_output_folder(folder, overwrite)
             torch_device = resolve_device(plan.device)
             dtype = resolve_dtype(plan.dtype, torch_device, plan.model)
+            if cuda_graphs and torch_device.type != "cuda":
+                raise SchedcmpError(f"--cuda-graphs needs a CUDA device; this run is on {torch_device.type} "
+                                    "(use --compile instead)")
             pipeline = load_pipeline(plan.model, torch_device, dtype, allow_pickle, plan.clip_skip)
-            if compile_model:
-                pipeline.compile()
+            if compile_model or cuda_graphs:
+                pipeline.compile(mode="reduce-overhead" if cuda_graphs else None)
             engine = Engine(pipeline, plan)
         notes = _show_warnings(caught)
     except SchedcmpError as err:

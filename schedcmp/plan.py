@@ -344,7 +344,11 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         raise source("clip_skip").error(f"clip_skip must be a whole number >= 0, got {clip_skip!r}", "clip_skip")
 
     model = str(value("model", "builtin:shapes"))
-    reference = _reference(source("reference"), value("reference", "exact" if model.startswith("builtin:") else None))
+    builtin = model.startswith("builtin:")
+    reference = value("reference", "exact" if builtin else None)
+    if reference in ("auto", True):  # the model's own converged answer where it has one, else DPM-Solver++ 2M
+        reference = "exact" if builtin else f"dpm:{DEFAULT_REFERENCE_STEPS}"
+    reference = _reference(source("reference"), reference)
     target_error = value("target_error", DEFAULT_TARGET_ERROR)
     if isinstance(target_error, bool) or not isinstance(target_error, (int, float)) or not target_error > 0:
         message = f"target_error must be a number > 0 (a latent RMSE), got {target_error!r}"
@@ -383,7 +387,8 @@ def _reference(plan: _Located, value: Any) -> ReferenceSpec | None:
         name, _, count = value.rpartition(":") if re.search(r":\s*-?\d+\s*$", value) else (value, "", "")
         value = {"scheduler": name.strip(), "steps": int(count) if count else DEFAULT_REFERENCE_STEPS}
     if not isinstance(value, Mapping):
-        message = f"reference must be 'exact', 'none', NAME[:STEPS] (e.g. dpm:200) or a mapping, got {value!r}"
+        message = (f"reference must be 'auto', 'exact', 'none', NAME[:STEPS] (e.g. dpm:200) or a mapping, "
+                   f"got {value!r}")
         raise plan.error(message, "reference")
     _check_keys(plan, value, REFERENCE_KEYS, "reference", "reference")
     steps = value.get("steps", DEFAULT_REFERENCE_STEPS)

@@ -274,6 +274,29 @@ def test_compile_flag_compiles_the_denoiser(tmp_path: Path, monkeypatch: pytest.
     import torch
 
     compiled = []
-    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: compiled.append((module, mode)) or module)
     assert run_quick(tmp_path / "out", "--compile").exit_code == 0
-    assert [type(m).__name__ for m in compiled] == ["ShapesDenoiser"]
+    assert [(type(m).__name__, mode) for m, mode in compiled] == [("ShapesDenoiser", None)]
+
+
+def test_cuda_graphs_compile_in_reduce_overhead_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: compiled.append(mode) or module)
+    monkeypatch.setattr("schedcmp.cli.resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr("schedcmp.cli.load_pipeline", lambda *args: ShapesPipeline())
+    monkeypatch.setattr("schedcmp.cli.Engine", _NoRun)
+    run_quick(tmp_path / "out", "--cuda-graphs")
+    assert compiled == ["reduce-overhead"]
+
+
+class _NoRun:
+    def __init__(self, *args) -> None:
+        raise KeyboardInterrupt  # stop before sampling: the test is about what was compiled
+
+
+def test_cuda_graphs_need_a_cuda_device(tmp_path: Path) -> None:
+    result = run_quick(tmp_path / "out", "--cuda-graphs", "--device", "cpu")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: --cuda-graphs needs a CUDA device; this run is on cpu (use --compile instead)"

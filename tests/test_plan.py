@@ -180,6 +180,13 @@ def test_reference_defaults_to_exact_on_the_builtin_model_and_to_none_elsewhere(
     assert build_plan(None, {"prompt": "x", "schedulers": "ddim", "model": "some/folder"}).reference is None
 
 
+@pytest.mark.parametrize("value", ["auto", True])
+def test_reference_auto_is_exact_on_the_builtin_model_and_many_step_dpm_solver_elsewhere(value) -> None:
+    assert _reference(value).kind == "exact"
+    run = _reference(value, model="some/folder").run
+    assert (run.preset.cls.__name__, run.steps, dict(run.preset.options)) == ("DPMSolverMultistepScheduler", 200, {})
+
+
 def test_reference_none_turns_accuracy_off() -> None:
     assert _reference("none") is None
 
@@ -191,7 +198,7 @@ def test_reference_none_turns_accuracy_off() -> None:
         ("dpm:0", "reference: steps must be at least 1, got 0"),
         ({"scheduler": "dpm", "stepz": 3},
          "reference: unknown reference key 'stepz'; did you mean 'steps'? allowed: scheduler, steps, label, options"),
-        (12, "reference: reference must be 'exact', 'none', NAME[:STEPS] (e.g. dpm:200) or a mapping, got 12"),
+        (12, "reference: reference must be 'auto', 'exact', 'none', NAME[:STEPS] (e.g. dpm:200) or a mapping, got 12"),
     ],
 )
 def test_bad_reference_messages(value, message: str) -> None:

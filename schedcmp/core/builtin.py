@@ -79,9 +79,9 @@ class ShapesPipeline(DenoisingPipeline):
         """The exact posterior-mean noise prediction (epsilon) for each sample."""
         return self.denoiser(latents, timesteps, embeddings)
 
-    def compile(self) -> None:
+    def compile(self, mode: str | None = None) -> None:
         """torch.compile the exact denoiser."""
-        self.denoiser = torch.compile(self.denoiser)
+        self.denoiser = torch.compile(self.denoiser, mode=mode)
 
     def exact_solution(self, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                        guidance: float) -> torch.Tensor:

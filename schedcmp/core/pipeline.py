@@ -53,8 +53,9 @@ class DenoisingPipeline(ABC):
         """Latents [B, ...] -> one RGB image each."""
 
     @abstractmethod
-    def compile(self) -> None:
-        """Replace the denoiser by its ``torch.compile``d version."""
+    def compile(self, mode: str | None = None) -> None:
+        """Replace the denoiser by its ``torch.compile``d version (``mode``: torch.compile's, e.g. 'reduce-overhead',
+        which captures the call in a CUDA graph per batch shape)."""
 
     def exact_solution(self, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                        guidance: float) -> torch.Tensor | None:
@@ -211,6 +212,6 @@ class StableDiffusionPipeline(DenoisingPipeline):
         """Latents [B, 4, h, w] -> one RGB image each."""
         return to_pil_images(self.decode_unit(latents))
 
-    def compile(self) -> None:
+    def compile(self, mode: str | None = None) -> None:
         """torch.compile the UNet (the first call of each new batch shape pays the compilation)."""
-        self.unet = torch.compile(self.unet)
+        self.unet = torch.compile(self.unet, mode=mode)
