@@ -8,7 +8,10 @@ layout, loads the folder with both libraries, then measures in one process:
 2. host-device synchronisation: every scheduler's loop under ``torch.cuda.set_sync_debug_mode("error")``;
 3. the ``configs/seed-doc.yaml`` plan at the chosen size: the diffusers pipeline looping over ``from_config``
    swaps as the guide does, against schedcmp sequential and batched, interleaved over repetitions;
-4. the UNet call's throughput against the 0.80 TFLOP per image per call of SD 1.5 at 512x512.
+4. the UNet call's throughput against the 0.80 TFLOP per image per call of SD 1.5 at 512x512;
+5. each scheduler's share of its run's wall time (scale_model_input + step against the whole run), sequential;
+6. with ``--cuda-graphs``: the sequential plan again with the UNet compiled in reduce-overhead mode (one CUDA graph
+   for the plan's fixed batch shape; the compilation is paid in an untimed first pass).
 
     python benchmarks/gpu_check.py --out DIR                     # CUDA, fp16, 512x512 (benchmarks/gpu_check.sh)
     python benchmarks/gpu_check.py --device cpu --dtype fp32 --size 64 --reduced --repeats 1 --out DIR  # dry run
@@ -36,6 +39,7 @@ from sd_models import build_sd15_folder  # noqa: E402
 
 import schedcmp.core as core  # noqa: E402
 from schedcmp.core.load import load_pipeline  # noqa: E402
+from schedcmp.core.schedulers import ALIASES  # noqa: E402
 from schedcmp.engine import Engine, synchronize  # noqa: E402
 from schedcmp.plan import build_plan  # noqa: E402
 
@@ -133,6 +137,13 @@ def unet_tflops(ours, size: int, device: str) -> tuple[float, float]:
     return seconds * 1e3, flops / seconds
 
 
+def scheduler_shares(ours, folder: Path, size: str) -> dict[str, float]:
+    """Every alias at 20 steps, sequential: scheduler seconds over the run's wall seconds, in percent."""
+    names = ",".join(alias.name for alias in ALIASES)
+    plan = build_plan(None, {"prompt": PROMPT, "schedulers": names, "steps": "20", "model": str(folder), "size": size})
+    return {r.spec.label: round(100 * r.scheduler_seconds / r.seconds, 3) for r in Engine(ours, plan).run().results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -141,6 +152,7 @@ def main() -> None:
     parser.add_argument("--reduced", action="store_true", help="shrunken SD shapes for a CPU dry run")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cuda-graphs", action="store_true", help="also time the plan with CUDA graphs")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     diffusers.utils.logging.set_verbosity_error()
@@ -170,6 +182,15 @@ def main() -> None:
                 mode_plan = build_plan(ROOT / "configs" / "seed-doc.yaml",
                                        {"model": str(folder), "size": size, "mode": mode})
                 timings[f"schedcmp {mode}"].append(Engine(ours, mode_plan).run().wall_seconds)
+        if args.cuda_graphs:
+            graphed = load_pipeline(str(folder), args.device, dtype)
+            graphed.compile(mode="reduce-overhead")
+            sequential = build_plan(ROOT / "configs" / "seed-doc.yaml", {"model": str(folder), "size": size})
+            start = time.perf_counter()
+            Engine(graphed, sequential).run()  # compiles and captures
+            report["cuda graphs first pass seconds"] = round(time.perf_counter() - start, 1)
+            timings["schedcmp sequential, CUDA graphs"] = [Engine(graphed, sequential).run().wall_seconds
+                                                           for _ in range(args.repeats)]
         baseline = statistics.median(timings["diffusers loop"])
         report["seed-doc plan seconds (median)"] = {
             name: {"seconds": round(statistics.median(v), 3), "ratio": round(statistics.median(v) / baseline, 3)}
@@ -177,6 +198,10 @@ def main() -> None:
         }
         ms, tflops = unet_tflops(ours, args.size, args.device)
         report["unet call"] = {"ms per CFG pair": round(ms, 2), "TFLOP/s": round(tflops, 1)}
+        report["scheduler share of run wall time (%)"] = scheduler_shares(ours, folder, size)
+        batched = Engine(ours, build_plan(ROOT / "configs" / "seed-doc.yaml",
+                                          {"model": str(folder), "size": size, "mode": "batched"})).run()
+        report["batched max_batch"] = {"lanes": batched.max_batch, "why": batched.max_batch_reason}
     text = json.dumps(report, indent=2)
     (args.out / "gpu_check.json").write_text(text + "\n")
     print(text)

@@ -10,4 +10,5 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 out=${OUT:-out/gpu-check}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 540 python3 benchmarks/gpu_check.py --device cuda --dtype fp16 --size 512 --repeats 2 --out "$out" "$@"
+timeout 540 python3 benchmarks/gpu_check.py --device cuda --dtype fp16 --size 512 --repeats 2 --cuda-graphs \
+  --out "$out" "$@"

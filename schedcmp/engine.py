@@ -140,15 +140,17 @@ class Engine:
         self.reference = self._prepare_reference(plan.reference)
 
     def _prepare(self, index: int, spec: RunSpec) -> RunResult:
-        """Build the run's scheduler from the model's config and check its step count, before anything runs."""
+        """Build the run's scheduler from the model's config and check its step count, before anything runs
+        (``index`` -1 is the reference run)."""
+        name = f"run {index + 1}" if index >= 0 else "reference"
         try:
             scheduler = spec.preset.build(self.pipeline.scheduler.config, **spec.config_options)
             scheduler.set_timesteps(spec.steps, device=self.device)
         except ConfigError as err:
-            raise PlanError(f"run {index + 1} ({spec.label}, {spec.steps} steps): {err}") from None
+            raise PlanError(f"{name} ({spec.label}, {spec.steps} steps): {err}") from None
         if isinstance(scheduler, EDMEulerScheduler):
             warnings.warn(
-                f"run {index + 1} ({spec.label}): EDMEulerScheduler feeds the model EDM-preconditioned inputs and "
+                f"{name} ({spec.label}): EDMEulerScheduler feeds the model EDM-preconditioned inputs and "
                 f"noise levels (Karras et al. 2022); {self.pipeline.name} was trained as a DDPM model, so expect "
                 "noise rather than an image",
                 UserWarning,

@@ -107,6 +107,12 @@ def test_a_stochastic_reference_is_refused() -> None:
     )
 
 
+def test_a_reference_with_an_impossible_step_count_is_named_as_the_reference() -> None:
+    with pytest.raises(PlanError) as err:
+        run(reference="dpm:1001")
+    assert str(err.value).startswith("reference (dpm, 1001 steps): ")
+
+
 def test_exact_reference_needs_a_model_with_a_closed_form_solution() -> None:
     class NoClosedForm(ShapesPipeline):
         exact_solution = DenoisingPipeline.exact_solution  # the base's: "has none"
