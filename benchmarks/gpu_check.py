@@ -157,6 +157,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
     diffusers.utils.logging.set_verbosity_error()
     dtype = DTYPES[args.dtype]
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # a CPU dry run: two OpenMP threads stall on a busy 2-core machine
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"device": args.device, "dtype": args.dtype, "size": args.size, "reduced": args.reduced,
                     "torch": torch.__version__, "diffusers": diffusers.__version__}
