@@ -41,6 +41,7 @@ REFERENCE_KEYS = ("scheduler", "steps", "label", "options")
 # Steps of a reference run named without a count ("--reference dpm"): many, so it is close to converged.
 DEFAULT_REFERENCE_STEPS = 200
 DEFAULT_TARGET_ERROR = 0.05
+BUILTIN_PROMPT = "a red circle on a blue background"  # the prompt of a plan on builtin:shapes that names none
 # Arguments of `step` that are not per-run options a user can set.
 _STEP_PLUMBING = {"self", "model_output", "timestep", "sample", "generator", "return_dict", "variance_noise"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -298,9 +299,12 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
     def value(key: str, default: Any) -> Any:
         return raw.get(key, default) if raw.get(key) is not None else default
 
-    prompt = value("prompt", None)
+    model = str(value("model", "builtin:shapes"))
+    builtin = model.startswith("builtin:")
+    prompt = value("prompt", BUILTIN_PROMPT if builtin else None)
     if prompt is None:
-        raise PlanError("no prompt: pass --prompt TEXT or set prompt: in the plan file")
+        raise PlanError("no prompt: pass --prompt TEXT or set prompt: in the plan file (only builtin:shapes has a "
+                        "default prompt)")
     if not isinstance(prompt, str):
         raise source("prompt").error(f"prompt must be text, got {prompt!r}", "prompt")
     negative_prompt = value("negative_prompt", "")
@@ -343,8 +347,6 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
     if clip_skip is not None and (isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0):
         raise source("clip_skip").error(f"clip_skip must be a whole number >= 0, got {clip_skip!r}", "clip_skip")
 
-    model = str(value("model", "builtin:shapes"))
-    builtin = model.startswith("builtin:")
     reference = value("reference", "exact" if builtin else None)
     if reference in ("auto", True):  # the model's own converged answer where it has one, else DPM-Solver++ 2M
         reference = "exact" if builtin else f"dpm:{DEFAULT_REFERENCE_STEPS}"

@@ -90,7 +90,8 @@ def test_schedulers_flag_replaces_the_files_runs(tmp_path: Path) -> None:
         ("prompt: x\nmode: parallel\nschedulers: [ddim]\n",
          "{path}:2: mode must be one of sequential, batched; got 'parallel'"),
         ("prompt: x\nschedulers: [ddim]\nsteps: [10, ten]\n", "{path}:3: steps must be whole numbers, got 'ten'"),
-        ("schedulers: [ddim]\n", "no prompt: pass --prompt TEXT or set prompt: in the plan file"),
+        ("model: my/sd-folder\nschedulers: [ddim]\n",
+         "no prompt: pass --prompt TEXT or set prompt: in the plan file (only builtin:shapes has a default prompt)"),
         ("prompt: x\n", "no schedulers: pass --schedulers a,b,c or list runs: / schedulers: in the plan file"),
     ],
     ids=["yaml-syntax", "not-a-mapping", "unknown-key", "unknown-scheduler", "zero-steps", "word-steps", "no-steps",
@@ -150,6 +151,10 @@ def test_execution_option_messages(overrides: dict, message: str) -> None:
     with pytest.raises(PlanError) as error:
         build_plan(None, {"prompt": "x", "schedulers": "ddim", **overrides})
     assert str(error.value) == message
+
+
+def test_the_builtin_model_has_a_default_prompt() -> None:
+    assert build_plan(None, {"schedulers": "ddim"}).prompt == "a red circle on a blue background"
 
 
 def _reference(value, **extra):
