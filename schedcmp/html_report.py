@@ -27,7 +27,7 @@ table { border-collapse: collapse; background: #fff; }
 table.data th, table.data td { border: 1px solid #ddd; padding: 3px 8px; white-space: nowrap; }
 table.data th { white-space: normal; }
 table.data td.num { text-align: right; font-variant-numeric: tabular-nums; }
-table.data td.wrap { white-space: normal; max-width: 28em; }
+table.data td.wrap { white-space: normal; min-width: 14em; max-width: 28em; }
 table.sortable th { cursor: pointer; user-select: none; background: #eef0f3; }
 table.sortable th[aria-sort=ascending]::after { content: " \\25B2"; }
 table.sortable th[aria-sort=descending]::after { content: " \\25BC"; }

@@ -158,11 +158,16 @@ def accuracy_caption(result: RunResult) -> str | None:
     return text + (" · stochastic" if accuracy.stochastic else "")
 
 
+def duration(seconds: float) -> str:
+    """'2.1 ms' under a second (fast models round to '0.00 s' otherwise), '12.34 s' above."""
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
 def cell_caption(result: RunResult) -> list[str]:
     """Caption lines under a grid cell: name, then steps / calls / seconds or what went wrong."""
     spec = result.spec
     if result.status == "ok":
-        lines = [spec.label, f"{spec.steps} steps · {result.model_calls} calls · {result.seconds:.2f} s"]
+        lines = [spec.label, f"{spec.steps} steps · {result.model_calls} calls · {duration(result.seconds)}"]
         accuracy = accuracy_caption(result)
         return [*lines, accuracy] if accuracy else lines
     reason = result.error or result.status
