@@ -45,6 +45,11 @@ class RunResult:
     def seconds_per_call(self) -> float:
         return self.seconds / self.model_calls if self.model_calls else 0.0
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether the run draws fresh noise: an ancestral / SDE scheduler, or Euler-type churn (s_churn > 0)."""
+        return self.scheduler.is_stochastic or float(self.spec.step_options.get("s_churn", 0)) > 0
+
 
 @dataclass
 class ReferenceResult:
@@ -170,7 +175,7 @@ class Engine:
                 )
             return ReferenceResult(spec)
         run = self._prepare(-1, spec.run)
-        if run.scheduler.is_stochastic:
+        if run.stochastic:
             raise PlanError(f"reference: {spec.label} is stochastic (it draws fresh noise every step), so it is no "
                             "converged answer; choose a deterministic scheduler, e.g. --reference dpm:200")
         return ReferenceResult(spec, run)
@@ -299,7 +304,7 @@ class Engine:
         for result in self.results:
             if result.status == "ok":
                 result.accuracy = measure(result.latents, result.image, reference.latents, reference.image,
-                                          result.scheduler.is_stochastic,
+                                          result.stochastic,
                                           self.pipeline.nearest_training_image(result.latents))
 
     def _run_all(self, advance: ProgressCallback) -> None:

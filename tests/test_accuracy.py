@@ -81,6 +81,13 @@ def test_stochastic_samplers_are_flagged(scheduler: str) -> None:
     assert result.accuracy.stochastic is True
 
 
+def test_euler_with_churn_is_flagged_as_stochastic(tmp_path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("prompt: a star\nruns:\n  - {scheduler: euler, steps: 10, options: {s_churn: 0.5}}\n")
+    report = Engine(PIPELINE, build_plan(plan)).run()
+    assert report.results[0].accuracy.stochastic is True
+
+
 def test_deterministic_samplers_are_not_flagged() -> None:
     assert run(schedulers="dpm").results[0].accuracy.stochastic is False
 
