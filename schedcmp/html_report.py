@@ -36,7 +36,7 @@ table.grid td { vertical-align: top; padding: 6px; border: 1px solid #e4e4e4; }
 .gallery { display: flex; flex-wrap: wrap; gap: 10px; }
 .gallery figure { background: #fff; border: 1px solid #e4e4e4; padding: 6px; }
 figure { margin: 0; } figcaption { font-size: 12px; margin-top: 4px; }
-img.cell { cursor: zoom-in; display: block; }
+img.cell, img.zoomable { cursor: zoom-in; display: block; }
 .pixel { image-rendering: pixelated; }
 .failed { color: #a61e1e; background: #fdeeee; padding: 8px; width: 180px; white-space: normal;
           word-break: break-word; font-size: 12px; }
@@ -82,7 +82,7 @@ JS = """
     });
   });
   var zoom = document.getElementById("zoom"), big = zoom.querySelector("img"), text = zoom.querySelector("p");
-  document.querySelectorAll("img.cell").forEach(function (img) {
+  document.querySelectorAll("img.cell, img.zoomable").forEach(function (img) {
     img.addEventListener("click", function () {
       big.src = img.src;
       big.className = img.classList.contains("pixel") ? "pixel" : "";
@@ -260,19 +260,40 @@ def _header(document: dict[str, Any], folder: Path) -> str:
 
 def _cost_to_reach(cost: dict[str, Any]) -> str:
     target = cost.get("target_error")
-    rows = [f"<tr><td>{escape(str(row.get('scheduler', '')))}</td>"
+    rows = [f"<tr><td>{escape(str(row.get('scheduler', '')))}"
+            + (" (stochastic)" if row.get("stochastic") else "") + "</td>"
             + _td(row.get("model_calls"), text=None if row.get("model_calls") is not None else "not reached")
-            + _td(row.get("steps"), text=None if row.get("steps") is not None else "not reached") + "</tr>"
+            + _td(row.get("steps"), text=None if row.get("steps") is not None else "not reached")
+            + _td(row.get("best_error"), ".3g") + _td(row.get("best_model_calls")) + "</tr>"
             for row in cost.get("rows") or []]
     return (f"<h2>Model calls to reach latent RMSE &le; {escape(_fmt(target))}</h2>"
-            + _sortable("cost-to-reach", ["scheduler", "model calls", "steps"], rows))
+            + _sortable("cost-to-reach", ["scheduler", "model calls", "steps", "best RMSE", "at calls"], rows))
+
+
+def _reference_figure(reference: dict[str, Any], folder: Path) -> str:
+    """The reference image every run is measured against, zoomable like the grid's cells."""
+    uri = _png_data_uri(folder / reference["image"]) if reference.get("image") else None
+    if uri is None:
+        return ""
+    with Image.open(folder / reference["image"]) as image:
+        width, height = image.size
+    short = min(width, height)
+    factor = -(-CELL_MIN // short) if short < CELL_MIN else min(1.0, CELL_MAX / width)
+    pixel = " pixel" if short < CELL_MIN else ""
+    caption = escape(f"reference: {reference.get('label') or reference.get('kind')}")
+    return (f'<figure id="reference"><img class="zoomable{pixel}" src="{uri}" alt="{caption}" '
+            f'width="{round(width * factor)}" height="{round(height * factor)}" title="click to enlarge">'
+            f"<figcaption>{caption}</figcaption></figure>")
 
 
 def write_html_report(folder: Path, document: dict[str, Any]) -> Path:
     """Write folder/report.html for the run described by ``document`` (the results.json dict); returns its path."""
     folder = Path(folder)
     runs = document.get("runs", [])
-    parts = [_header(document, folder), "<h2>Grid</h2>", _grid(document, folder)]
+    parts = [_header(document, folder)]
+    if document.get("reference"):
+        parts.append(_reference_figure(document["reference"], folder))
+    parts += ["<h2>Grid</h2>", _grid(document, folder)]
     grid_uri = _png_data_uri(folder / "grid.png")
     if grid_uri:
         parts.append(f'<details><summary>grid.png</summary><img id="grid-png" src="{grid_uri}" alt="grid.png">'

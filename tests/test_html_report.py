@@ -65,10 +65,13 @@ def make_run(folder: Path, layout: str = "matrix", accuracy: bool = False) -> di
         runs[-1]["accuracy"] = None
         png(folder / "error_vs_calls.png", (250, 250, 250), size=40)
         document["plot"] = "error_vs_calls.png"
-        document["reference"] = {"kind": "exact", "label": "exact float64 ODE solution"}
+        png(folder / "reference.png", (9, 99, 199))
+        document["reference"] = {"kind": "exact", "label": "exact float64 ODE solution", "image": "reference.png"}
         document["cost_to_reach"] = {"target_error": 0.05, "rows": [
-            {"scheduler": "ddim", "model_calls": 20, "steps": 20},
-            {"scheduler": "euler", "model_calls": None, "steps": None},
+            {"scheduler": "ddim", "stochastic": False, "model_calls": 20, "steps": 20, "best_error": 0.01,
+             "best_model_calls": 50},
+            {"scheduler": "euler", "stochastic": True, "model_calls": None, "steps": None, "best_error": 0.2,
+             "best_model_calls": 10},
         ]}
     return document
 
@@ -195,12 +198,21 @@ def test_plot_and_cost_to_reach_table_are_shown_when_present(tmp_path: Path) -> 
     (plot,) = [a for a in page.all("img") if a.get("id") == "plot"]
     assert base64.b64decode(plot["src"].split(",", 1)[1]) == (tmp_path / "error_vs_calls.png").read_bytes()
     assert "Model calls to reach latent RMSE &le; 0.05" in text
-    assert page.tables["cost-to-reach"]["body"][0] == ["ddim", "20", "20"]
+    assert page.tables["cost-to-reach"]["head"][0] == ["scheduler", "model calls", "steps", "best RMSE", "at calls"]
+    assert page.tables["cost-to-reach"]["body"][0] == ["ddim", "20", "20", "0.01", "50"]
 
 
 def test_cost_to_reach_marks_unreached_targets(tmp_path: Path) -> None:
     text, _ = report(tmp_path, accuracy=True)
-    assert Page(text).tables["cost-to-reach"]["body"][1] == ["euler", "not reached", "not reached"]
+    assert Page(text).tables["cost-to-reach"]["body"][1] == [
+        "euler (stochastic)", "not reached", "not reached", "0.2", "10"]
+
+
+def test_the_reference_image_is_shown_and_zoomable(tmp_path: Path) -> None:
+    text, _ = report(tmp_path, accuracy=True)
+    (reference,) = Page(text).all("img", "zoomable")
+    assert base64.b64decode(reference["src"].split(",", 1)[1]) == (tmp_path / "reference.png").read_bytes()
+    assert reference["alt"] == "reference: exact float64 ODE solution"
 
 
 def test_scheduler_configs_plan_and_reference_are_in_details_blocks(tmp_path: Path) -> None:
