@@ -11,6 +11,8 @@ from typing import Any
 
 from PIL import Image
 
+from .formatting import duration
+
 CELL_MIN = 192  # small images are enlarged by a whole factor to at least this many CSS pixels, pixelated
 CELL_MAX = 256  # large images are shown at most this wide in the grid; click to see them bigger
 
@@ -114,9 +116,7 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+    return "?" if seconds is None else duration(seconds)
 
 
 def _td(value: Any, spec: str = "", *, scale: float = 1.0, text: str | None = None) -> str:

@@ -20,6 +20,7 @@ from .accuracy import CostToReach, Measured, cost_to_reach, error_series
 from .core.configuration import to_jsonable
 from .engine import EngineReport, ReferenceResult, RunResult
 from .errors import OutputExistsError
+from .formatting import duration
 from .grid import GridCell, save_grid
 from .html_report import write_html_report
 from .plan import Plan
@@ -156,11 +157,6 @@ def accuracy_caption(result: RunResult) -> str | None:
     text = ("identical to the reference" if math.isinf(accuracy.psnr)
             else f"RMSE {accuracy.latent_rmse:.3g} · {accuracy.psnr:.1f} dB")
     return text + (" · stochastic" if accuracy.stochastic else "")
-
-
-def duration(seconds: float) -> str:
-    """'2.1 ms' under a second (fast models round to '0.00 s' otherwise), '12.34 s' above."""
-    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def cell_caption(result: RunResult) -> list[str]:
