@@ -247,6 +247,11 @@ def _half_sq_norms(dataset: ShapesDataset) -> torch.Tensor:
     return 0.5 * torch.einsum("nck,kl,ncl->n", coefficients, masks @ masks.T, coefficients)
 
 
+def _dots_with_data(x: torch.Tensor, masks: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """x.x_i for every data-set image x_i = coef_i @ masks, from the factors: x [B, 3, P] -> [B, N]."""
+    return (x @ masks.T).reshape(x.shape[0], -1) @ coefficients.T  # [B, 3, K] -> [B, 3K] -> [B, N]
+
+
 def _posterior_mean(x: torch.Tensor, sigma: torch.Tensor | float, masks: torch.Tensor, coefficients: torch.Tensor,
                     half_sq_norms: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     """E[x0 | x] for x = x0 + sigma eps with x0 drawn from the weighted data set (the ideal denoiser of Karras
@@ -258,8 +263,7 @@ def _posterior_mean(x: torch.Tensor, sigma: torch.Tensor | float, masks: torch.T
     (x @ masks.T) . coef_i: two small matmuls instead of one over all pixels of all images.
     """
     b, k = x.shape[0], masks.shape[0]
-    dots = (x @ masks.T).reshape(b, 3 * k) @ coefficients.T  # x.x_i; [B, 3, K] -> [B, 3K] -> [B, N]
-    logits = (dots - half_sq_norms) / sigma**2 + log_weights  # [B, N]
+    logits = (_dots_with_data(x, masks, coefficients) - half_sq_norms) / sigma**2 + log_weights  # [B, N]
     weights = torch.softmax(logits, dim=-1)  # subtracts the row max; [B, N]
     return (weights @ coefficients).reshape(b, 3, k) @ masks  # [B, 3K] -> [B, 3, K] -> [B, 3, P]
 
@@ -419,7 +423,7 @@ def nearest_images(samples: torch.Tensor, dataset: ShapesDataset) -> tuple[torch
     x = samples.detach().reshape(b, 3, -1).to(torch.float64)  # [B, 3, P]
     masks = dataset.masks.reshape(len(dataset.masks), -1).to(x)  # [K, P]
     coefficients = dataset.coefficients.reshape(n, -1).to(x)  # [N, 3K]
-    dots = (x @ masks.T).reshape(b, -1) @ coefficients.T  # [B, 3, K] -> [B, 3K] -> [B, N]
-    squares = x.square().sum(dim=(1, 2))[:, None] - 2 * dots + 2 * _half_sq_norms(dataset).to(x)  # [B, N]
+    squares = (x.square().sum(dim=(1, 2))[:, None] - 2 * _dots_with_data(x, masks, coefficients)
+               + 2 * _half_sq_norms(dataset).to(x))  # |x - x_i|^2; [B, N]
     best, index = squares.min(dim=1)
     return (best.clamp(min=0) / x[0].numel()).sqrt(), index
