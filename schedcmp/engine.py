@@ -47,8 +47,8 @@ class RunResult:
 
     @property
     def stochastic(self) -> bool:
-        """Whether the run draws fresh noise: an ancestral / SDE scheduler, or Euler-type churn (s_churn > 0)."""
-        return self.scheduler.is_stochastic or float(self.spec.step_options.get("s_churn", 0)) > 0
+        """Whether the run draws fresh noise (its scheduler with its step options)."""
+        return self.scheduler.draws_noise(self.spec.step_options)
 
 
 @dataclass

@@ -88,6 +88,13 @@ def test_euler_with_churn_is_flagged_as_stochastic(tmp_path) -> None:
     assert report.results[0].accuracy.stochastic is True
 
 
+def test_ddim_with_eta_is_flagged_as_stochastic(tmp_path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("prompt: a star\nruns:\n  - {scheduler: ddim, steps: 10, options: {eta: 1.0}}\n")
+    report = Engine(PIPELINE, build_plan(plan)).run()
+    assert report.results[0].accuracy.stochastic is True
+
+
 def test_deterministic_samplers_are_not_flagged() -> None:
     assert run(schedulers="dpm").results[0].accuracy.stochastic is False
 

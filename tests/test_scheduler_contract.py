@@ -72,6 +72,26 @@ def test_is_stochastic(name: str, options: dict, stochastic: bool) -> None:
     assert getattr(core, name)(**options).is_stochastic is stochastic
 
 
+@pytest.mark.parametrize(("name", "options", "stochastic"), STOCHASTIC_TABLE)
+def test_draws_noise_without_step_options_is_is_stochastic(name: str, options: dict, stochastic: bool) -> None:
+    assert getattr(core, name)(**options).draws_noise({}) is stochastic
+
+
+@pytest.mark.parametrize(
+    ("name", "step_options", "draws"),
+    [
+        ("DDIMScheduler", {"eta": 0.0}, False),
+        ("DDIMScheduler", {"eta": 1.0}, True),
+        ("EulerDiscreteScheduler", {"s_churn": 0.0}, False),
+        ("EulerDiscreteScheduler", {"s_churn": 0.5}, True),
+        ("EDMEulerScheduler", {"s_churn": 0.5}, True),
+        ("HeunDiscreteScheduler", {}, False),
+    ],
+)
+def test_step_arguments_that_add_noise(name: str, step_options: dict, draws: bool) -> None:
+    assert getattr(core, name)().draws_noise(step_options) is draws
+
+
 def test_stochastic_table_covers_every_class() -> None:
     assert {row[0] for row in STOCHASTIC_TABLE} == {cls.__name__ for cls in SCHEDULER_CLASSES}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -122,6 +122,11 @@ class SchedulerMixin(ConfigMixin):
     def save_pretrained(self, save_directory: str | Path) -> Path:
         """Write ``scheduler_config.json`` into ``save_directory``; returns the file written."""
         return self.save_config(save_directory)
+
+    def draws_noise(self, step_options: Mapping[str, Any] | None = None) -> bool:
+        """Whether a loop calling ``step`` with these extra arguments draws fresh noise: ``is_stochastic``, unless a
+        step argument adds noise to a deterministic scheduler (DDIM's ``eta``, Euler's ``s_churn``)."""
+        return self.is_stochastic
 
     @property
     def step_index(self) -> int | None:

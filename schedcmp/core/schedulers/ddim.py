@@ -6,8 +6,8 @@ ancestral one. Zero-terminal-SNR rescaling follows Lin et al. 2023 (arXiv:2305.0
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -61,6 +61,10 @@ class DDIMScheduler(VPScheduler):
     def is_stochastic(self) -> bool:
         """False: randomness comes only from the ``eta`` argument of ``step`` (0 by default)."""
         return False
+
+    def draws_noise(self, step_options: Mapping[str, Any] | None = None) -> bool:
+        """True when ``eta > 0`` mixes fresh noise into every step (Song et al. 2021 eq. 16)."""
+        return float((step_options or {}).get("eta", 0.0)) > 0
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Choose the sub-sequence tau of training timesteps (Song et al. 2021 sec. 4.2; Lin et al. 2023 Table 2)."""

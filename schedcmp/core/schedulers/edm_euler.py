@@ -8,8 +8,8 @@ and Algorithm 2 without its Heun correction.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -56,6 +56,10 @@ class EDMEulerScheduler(SigmaScheduler):
     def is_stochastic(self) -> bool:
         """False: EDM Euler is deterministic unless ``step`` is given ``s_churn > 0``."""
         return False
+
+    def draws_noise(self, step_options: Mapping[str, Any] | None = None) -> bool:
+        """True when ``s_churn > 0`` raises the noise level with fresh noise (Karras et al. 2022 Alg. 2 line 5)."""
+        return float((step_options or {}).get("s_churn", 0.0)) > 0
 
     @property
     def init_noise_sigma(self) -> float:

@@ -74,6 +74,10 @@ class EulerDiscreteScheduler(SigmaScheduler):
         """False: Euler is deterministic unless ``step`` is given ``s_churn > 0``."""
         return False
 
+    def draws_noise(self, step_options: Mapping[str, Any] | None = None) -> bool:
+        """True when ``s_churn > 0`` raises the noise level with fresh noise (Karras et al. 2022 Alg. 2 line 5)."""
+        return float((step_options or {}).get("s_churn", 0.0)) > 0
+
     @staticmethod
     def _continuous_v(config: Mapping[str, Any]) -> bool:
         """Whether timesteps are EDM's c_noise = log(sigma) / 4 (continuous-time v-prediction models)."""
