@@ -284,16 +284,10 @@ def test_cuda_graphs_compile_in_reduce_overhead_mode(tmp_path: Path, monkeypatch
 
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module, mode=None: compiled.append(mode) or module)
-    monkeypatch.setattr("schedcmp.cli.resolve_device", lambda name: torch.device("cuda"))
-    monkeypatch.setattr("schedcmp.cli.load_pipeline", lambda *args: ShapesPipeline())
-    monkeypatch.setattr("schedcmp.cli.Engine", _NoRun)
-    run_quick(tmp_path / "out", "--cuda-graphs")
+    monkeypatch.setattr("schedcmp.cli.resolve_device", lambda name: torch.device("cuda"))  # as if on a GPU
+    monkeypatch.setattr("schedcmp.cli.load_pipeline", lambda *args: ShapesPipeline())  # which still runs here
+    assert run_quick(tmp_path / "out", "--cuda-graphs").exit_code == 0
     assert compiled == ["reduce-overhead"]
-
-
-class _NoRun:
-    def __init__(self, *args) -> None:
-        raise KeyboardInterrupt  # stop before sampling: the test is about what was compiled
 
 
 def test_cuda_graphs_need_a_cuda_device(tmp_path: Path) -> None:
