@@ -20,7 +20,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from functools import partial
 from pathlib import Path
@@ -34,12 +33,12 @@ from rich.table import Table
 ROOT = Path(__file__).parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
-from sd_models import build_sd15_folder  # noqa: E402
+from sd_models import build_sd15_folder, diffusers_loop  # noqa: E402
 from tiny_sd import build_tiny_sd  # noqa: E402
 
 from schedcmp.core.load import load_pipeline  # noqa: E402
 from schedcmp.core.schedulers import ALIASES  # noqa: E402
-from schedcmp.engine import Engine, synchronize  # noqa: E402
+from schedcmp.engine import Engine  # noqa: E402
 from schedcmp.memory import peak_call_bytes  # noqa: E402
 from schedcmp.plan import build_plan  # noqa: E402
 
@@ -56,23 +55,6 @@ def plans(model: str, size: int) -> dict[str, dict]:
             "path": None, "schedulers": ",".join(a.name for a in ALIASES), "steps": "10,20,30", **common
         },
     }
-
-
-def diffusers_loop(pipe, plan, size: int, device: torch.device) -> tuple[float, list[np.ndarray]]:
-    """The guide's workflow: from_config swap, fresh generator, pipeline call; wall seconds and images."""
-    base = dict(pipe.scheduler.config)
-    images = []
-    synchronize(device)
-    start = time.perf_counter()
-    for run in plan.runs:
-        pipe.scheduler = getattr(diffusers, run.preset.cls.__name__).from_config(
-            base, **run.preset.options, **run.config_options
-        )
-        out = pipe(plan.prompt, num_inference_steps=run.steps, guidance_scale=plan.guidance, height=size,
-                   width=size, generator=torch.Generator(device).manual_seed(plan.seed), output_type="np")
-        images.append(out.images[0])
-    synchronize(device)
-    return time.perf_counter() - start, images
 
 
 def ours_run(pipeline, plan) -> tuple[float, list[np.ndarray]]:

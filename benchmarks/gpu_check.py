@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
-from sd_models import build_sd15_folder  # noqa: E402
+from sd_models import build_sd15_folder, diffusers_loop  # noqa: E402
 
 import schedcmp.core as core  # noqa: E402
 from schedcmp.core.load import load_pipeline  # noqa: E402
@@ -106,19 +106,6 @@ def sync_free(device: str) -> dict[str, str]:
     return outcome
 
 
-def time_diffusers_loop(pipe, plan, size: int, device: str) -> float:
-    """The guide's workflow: swap the scheduler with from_config, re-seed, call the pipeline; wall seconds."""
-    synchronize(torch.device(device))
-    start = time.perf_counter()
-    for run in plan.runs:
-        pipe.scheduler = getattr(diffusers, run.preset.cls.__name__).from_config(
-            pipe.scheduler.config, **run.preset.options, **run.config_options)
-        pipe(plan.prompt, num_inference_steps=run.steps, guidance_scale=plan.guidance, height=size, width=size,
-             generator=torch.Generator(device).manual_seed(plan.seed), output_type="np")
-    synchronize(torch.device(device))
-    return time.perf_counter() - start
-
-
 def unet_tflops(ours, size: int, device: str) -> tuple[float, float]:
     """(milliseconds per CFG-pair UNet call, TFLOP/s) at the plan's size, batch 2."""
     latents = torch.randn((2, 4, size // 8, size // 8), device=device, dtype=ours.dtype)
@@ -179,7 +166,7 @@ def main() -> None:
         plan = build_plan(ROOT / "configs" / "seed-doc.yaml", {"model": str(folder), "size": size})
         timings: dict[str, list[float]] = {"diffusers loop": [], "schedcmp sequential": [], "schedcmp batched": []}
         for _ in range(args.repeats):  # interleaved A B C A B C
-            timings["diffusers loop"].append(time_diffusers_loop(theirs, plan, args.size, args.device))
+            timings["diffusers loop"].append(diffusers_loop(theirs, plan, args.size, torch.device(args.device))[0])
             for mode in ("sequential", "batched"):
                 mode_plan = build_plan(ROOT / "configs" / "seed-doc.yaml",
                                        {"model": str(folder), "size": size, "mode": mode})

@@ -1,12 +1,15 @@
-"""Random-weight Stable Diffusion 1.5-shaped models for benchmarks, built from the real configs (no download)."""
+"""Benchmark helpers: random-weight SD 1.5-shaped models from the real configs (no download), and the diffusers
+loop they are timed against."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import diffusers
+import numpy as np
 import torch
 import transformers
 
@@ -14,6 +17,8 @@ ROOT = Path(__file__).parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from tiny_sd import write_clip_vocab  # noqa: E402
+
+from schedcmp.engine import synchronize  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -48,3 +53,20 @@ def build_sd15_folder(folder: Path, reduced: bool, device: str, dtype: torch.dty
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
+
+
+def diffusers_loop(pipe, plan, size: int, device: torch.device) -> tuple[float, list[np.ndarray]]:
+    """The guide's workflow: from_config swap, fresh generator, pipeline call; wall seconds and images."""
+    base = dict(pipe.scheduler.config)
+    images = []
+    synchronize(device)
+    start = time.perf_counter()
+    for run in plan.runs:
+        pipe.scheduler = getattr(diffusers, run.preset.cls.__name__).from_config(
+            base, **run.preset.options, **run.config_options
+        )
+        out = pipe(plan.prompt, num_inference_steps=run.steps, guidance_scale=plan.guidance, height=size,
+                   width=size, generator=torch.Generator(device).manual_seed(plan.seed), output_type="np")
+        images.append(out.images[0])
+    synchronize(device)
+    return time.perf_counter() - start, images
