@@ -235,8 +235,8 @@ def run(
         raise _fail(str(RunFailedError(f"{len(failed)} of {len(report.results)} runs failed: {names}")))
     try:
         if expect is not None:
-            document = json.loads(files.results.read_text(encoding="utf-8"))
-            _report_expectations(compare_with_expected(document, folder, expect, tolerance), expect, tolerance)
+            checks = compare_with_expected(files.document, folder, expect, tolerance)
+            _report_expectations(checks, expect, tolerance)
         if check_determinism_flag:
             with cpu_threads(pipeline.cpu_threads, torch_device), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the run above has shown them already

@@ -8,7 +8,7 @@ import json
 import math
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class OutputFiles:
     images: list[Path]
     html: Path
     plot: Path | None = None
+    document: dict[str, Any] = field(default_factory=dict)  # what results.json holds
 
 
 def prepare_output_folder(folder: Path, overwrite: bool) -> None:
@@ -253,7 +254,7 @@ def write_outputs(
     document = finite_json(document)
     results.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     html = write_html_report(folder, document)
-    return OutputFiles(folder, grid, timings, results, images, html, plot)
+    return OutputFiles(folder, grid, timings, results, images, html, plot, document)
 
 
 def _accuracy_cells(accuracy: dict[str, Any] | None) -> list[str]:
