@@ -1,7 +1,11 @@
-"""The local diffusers-style core: schedulers and their config system. Knows nothing of the CLI."""
+"""The local diffusers-style core: schedulers, their config system, the pipelines and the model front door.
+Knows nothing of the CLI."""
 
+from .builtin import ShapesPipeline
 from .configuration import ConfigMixin, FrozenConfig, register_to_config
 from .errors import ConfigError, ConfigWarning, SchedcmpError, UnknownSchedulerError
+from .load import load_pipeline
+from .pipeline import DenoisingPipeline, StableDiffusionPipeline
 from .schedulers import (
     SCHEDULER_CLASSES,
     DDIMScheduler,
@@ -35,6 +39,7 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "DPMSolverSDEScheduler",
     "DPMSolverSinglestepScheduler",
+    "DenoisingPipeline",
     "EDMEulerScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
@@ -47,8 +52,11 @@ __all__ = [
     "SchedcmpError",
     "SchedulerMixin",
     "SchedulerOutput",
+    "ShapesPipeline",
+    "StableDiffusionPipeline",
     "UniPCMultistepScheduler",
     "UnknownSchedulerError",
+    "load_pipeline",
     "register_to_config",
     "resolve_scheduler",
 ]
