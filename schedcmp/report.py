@@ -181,12 +181,14 @@ def write_outputs(
         path = None
         if result.image is not None:
             path = folder / "images" / f"{result.index + 1:03d}-{slug(result.spec.scheduler)}-{result.spec.steps}.png"
+        record = finite_json(_run_record(result, report.mode, path, folder))
+        if path is not None:
             info = PngImagePlugin.PngInfo()
             info.add_text("parameters", image_parameters(plan, result, size))
-            info.add_text("schedcmp", json.dumps(_run_record(result, report.mode, path, folder)))
+            info.add_text("schedcmp", json.dumps(record, allow_nan=False))
             result.image.save(path, format="PNG", pnginfo=info)
             images.append(path)
-        records.append(_run_record(result, report.mode, path, folder))
+        records.append(record)
 
     header = [
         f'"{plan.prompt}"' + (f'  (negative: "{plan.negative_prompt}")' if plan.negative_prompt else ""),

@@ -294,3 +294,13 @@ def test_cuda_graphs_need_a_cuda_device(tmp_path: Path) -> None:
     result = run_quick(tmp_path / "out", "--cuda-graphs", "--device", "cpu")
     assert result.exit_code == 1
     assert result.stderr.strip() == "error: --cuda-graphs needs a CUDA device; this run is on cpu (use --compile instead)"
+
+
+def test_the_record_in_each_png_is_strict_json(tmp_path: Path) -> None:
+    run_quick(tmp_path / "out", schedulers="dpm")  # its config holds lambda_min_clipped = -inf
+
+    def refuse(value: str) -> None:
+        raise ValueError(f"non-standard JSON constant {value}")
+
+    text = Image.open(tmp_path / "out" / "images" / "001-dpm-8.png").text["schedcmp"]
+    assert json.loads(text, parse_constant=refuse)["scheduler_config"]["lambda_min_clipped"] == "-inf"
