@@ -202,14 +202,27 @@ def _check_keys(plan: _Located, mapping: Mapping, allowed: Sequence[str], what: 
             )
 
 
+def _is_whole(value: Any) -> bool:
+    """An int from YAML or a flag (YAML's true/false are bools, which Python counts as ints: not here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _items(value: Any) -> list[Any]:
+    """'a,b' / [a, b] / a -> the list of items (a comma-separated flag or a YAML list or scalar)."""
+    return value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+
+
 def parse_int_list(value: Any, what: str) -> list[int]:
     """'20,30' / 20 / [20, 30] -> [20, 30]; anything else is a ValueError naming ``what``."""
-    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
     result = []
-    for item in items:
+    for item in _items(value):
         text = item.strip() if isinstance(item, str) else item
-        whole = isinstance(text, int) or (isinstance(text, str) and re.fullmatch(r"-?\d+", text))
-        if isinstance(text, bool) or not whole:
+        if not (_is_whole(text) or (isinstance(text, str) and re.fullmatch(r"-?\d+", text))):
             raise ValueError(f"{what} must be whole numbers, got {item!r}")
         result.append(int(text))
     return result
@@ -217,8 +230,7 @@ def parse_int_list(value: Any, what: str) -> list[int]:
 
 def parse_name_list(value: Any) -> list[str]:
     """'ddim,euler' / ['ddim', 'DPM++ 2M Karras'] -> a list of names."""
-    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
-    names = [str(item).strip() for item in items if str(item).strip()]
+    names = [str(item).strip() for item in _items(value) if str(item).strip()]
     if not names:
         raise ValueError("schedulers must name at least one scheduler")
     return names
@@ -226,7 +238,7 @@ def parse_name_list(value: Any) -> list[str]:
 
 def parse_size(value: Any) -> tuple[int, int]:
     """'512x768' or 512 -> (width, height): multiples of 8 from 8 to 4096."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_whole(value):
         width = height = value
     else:
         match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(value))
@@ -275,7 +287,7 @@ def _make_run(plan: _Located, name: Any, steps: Any, label: Any, options: Any, *
         preset = resolve_scheduler(name)
     except UnknownSchedulerError as err:
         raise plan.error(str(err), *where) from None
-    if isinstance(steps, bool) or not isinstance(steps, int):
+    if not _is_whole(steps):
         raise plan.error(f"steps must be a whole number, got {steps!r}", *where)
     if steps < 1:
         raise plan.error(f"steps must be at least 1, got {steps}", *where)
@@ -313,10 +325,10 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         raise source("negative_prompt").error(message, "negative_prompt")
 
     seed = value("seed", 8)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+    if not _is_whole(seed) or not 0 <= seed <= MAX_SEED:
         raise source("seed").error(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}", "seed")
     guidance = value("guidance", 7.5)
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 100:
+    if not _is_number(guidance) or not 0 <= guidance <= 100:
         raise source("guidance").error(f"guidance must be a number from 0 to 100, got {guidance!r}", "guidance")
 
     size = None
@@ -335,7 +347,7 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
     max_batch = value("max_batch", None)
     if max_batch == "auto":
         max_batch = None
-    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+    if max_batch is not None and (not _is_whole(max_batch) or max_batch < 1):
         message = f"max_batch must be 'auto' or a whole number >= 1, got {max_batch!r}"
         raise source("max_batch").error(message, "max_batch")
 
@@ -344,7 +356,7 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         message = f"generator_device must be one of {', '.join(DEVICES[1:])}; got {generator_device!r}"
         raise source("generator_device").error(message, "generator_device")
     clip_skip = value("clip_skip", None)
-    if clip_skip is not None and (isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0):
+    if clip_skip is not None and (not _is_whole(clip_skip) or clip_skip < 0):
         raise source("clip_skip").error(f"clip_skip must be a whole number >= 0, got {clip_skip!r}", "clip_skip")
 
     reference = value("reference", "exact" if builtin else None)
@@ -352,7 +364,7 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         reference = "exact" if builtin else f"dpm:{DEFAULT_REFERENCE_STEPS}"
     reference = _reference(source("reference"), reference)
     target_error = value("target_error", DEFAULT_TARGET_ERROR)
-    if isinstance(target_error, bool) or not isinstance(target_error, (int, float)) or not target_error > 0:
+    if not _is_number(target_error) or not target_error > 0:
         message = f"target_error must be a number > 0 (a latent RMSE), got {target_error!r}"
         raise source("target_error").error(message, "target_error")
 
