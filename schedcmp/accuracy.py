@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from .metrics import latent_rmse, psnr, ssim
-from .plot import Series
+from .outputs.plot import Series
 
 
 @dataclass(frozen=True)

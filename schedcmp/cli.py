@@ -21,8 +21,8 @@ from .core.load import load_pipeline, load_scheduler_config
 from .core.schedulers import A1111_PRESETS, ALIASES, SchedulerPreset, resolve_scheduler
 from .engine import Engine, cpu_threads
 from .errors import RunFailedError, SchedcmpError
+from .outputs.record import cost_table, prepare_output_folder, timing_table, write_outputs
 from .plan import build_plan
-from .report import cost_table, prepare_output_folder, timing_table, write_outputs
 from .smoke import (
     DEFAULT_TOLERANCE_DB,
     ImageCheck,

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from schedcmp.cli import app
-from schedcmp.plot import SERIES_COLOURS, layout
+from schedcmp.outputs.plot import SERIES_COLOURS, layout
 
 SCHEDULERS = ["ddim", "euler", "dpm", "unipc"]
 STEPS = [5, 10, 20, 50]

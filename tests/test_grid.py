@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from schedcmp.grid import LIST_COLUMNS, MIN_CELL, PAD, GridCell, draw_grid, upscale
+from schedcmp.outputs.grid import LIST_COLUMNS, MIN_CELL, PAD, GridCell, draw_grid, upscale
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
 

@@ -11,7 +11,7 @@ from typing import Any
 from browser import Page
 from PIL import Image, ImageDraw
 
-from schedcmp.html_report import write_html_report
+from schedcmp.outputs.html import write_html_report
 
 SCHEDULERS = [("ddim", "DDIMScheduler"), ("euler", "EulerDiscreteScheduler"), ("dpm", "DPMSolverMultistepScheduler")]
 STEPS = [5, 10]

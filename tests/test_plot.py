@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schedcmp.plot import (
+from schedcmp.outputs.plot import (
     SERIES_COLOURS,
     TARGET,
     Series,

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from .formatting import duration
+from .wording import duration
 
 CELL_MIN = 192  # small images are enlarged by a whole factor to at least this many CSS pixels, pixelated
 CELL_MAX = 256  # large images are shown at most this wide in the grid; click to see them bigger

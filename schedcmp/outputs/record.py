@@ -15,16 +15,16 @@ from typing import Any
 from PIL import PngImagePlugin
 from rich.table import Table
 
-from . import __version__
-from .accuracy import CostToReach, Measured, cost_to_reach, error_series
-from .core.configuration import to_jsonable
-from .engine import EngineReport, ReferenceResult, RunResult
-from .errors import OutputExistsError
-from .formatting import duration
+from .. import __version__
+from ..accuracy import CostToReach, Measured, cost_to_reach, error_series
+from ..core.configuration import to_jsonable
+from ..engine import EngineReport, ReferenceResult, RunResult
+from ..errors import OutputExistsError
+from ..plan import Plan
 from .grid import GridCell, save_grid
-from .html_report import write_html_report
-from .plan import Plan
+from .html import write_html_report
 from .plot import save_error_plot
+from .wording import duration
 
 PLOT_NAME = "error_vs_calls.png"
 REFERENCE_NAME = "reference.png"
