@@ -1,5 +1,5 @@
 """`python -m schedcmp` is the `schedcmp` command."""
 
-from .cli import app
+from .cli import entry_point
 
-app(prog_name="schedcmp")
+entry_point()

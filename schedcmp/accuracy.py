@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from .metrics import latent_rmse, psnr, ssim
-from .outputs.plot import Series
 
 
 @dataclass(frozen=True)
@@ -56,20 +55,12 @@ class Measured:
     stochastic: bool
 
 
-def _by_row(points: Sequence[Measured]) -> dict[str, list[Measured]]:
+def by_row(points: Sequence[Measured]) -> dict[str, list[Measured]]:
     """The points of each row, rows in first-seen order."""
     rows: dict[str, list[Measured]] = {}
     for point in points:
         rows.setdefault(point.row, []).append(point)
     return rows
-
-
-def error_series(points: Sequence[Measured]) -> list[Series]:
-    """One plot line per row: (model calls, latent RMSE) of each of its step counts, in first-seen row order."""
-    return [
-        Series(name, tuple((float(p.model_calls), p.error) for p in members), any(p.stochastic for p in members))
-        for name, members in _by_row(points).items()
-    ]
 
 
 @dataclass(frozen=True)
@@ -92,7 +83,7 @@ def cost_to_reach(points: Sequence[Measured], target: float) -> list[CostToReach
     """Per row, the fewest model calls among its runs with error <= ``target``; cheapest first, unreached last
     (those by their best error), stochastic rows after deterministic ones."""
     table = []
-    for row, members in _by_row(points).items():
+    for row, members in by_row(points).items():
         reached = [p for p in members if p.error <= target]
         first = min(reached, key=lambda p: p.model_calls) if reached else None
         best = min(members, key=lambda p: (p.error, p.model_calls))

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .accuracy import Accuracy, measure
-from .core.errors import ConfigError
+from .core.errors import ConfigError, NonFiniteError, SchedcmpError
 from .core.pipeline import DenoisingPipeline
 from .core.schedulers import EDMEulerScheduler, SchedulerMixin
 from .core.schedulers.base import randn_tensor
@@ -23,6 +23,8 @@ from .memory import free_memory_bytes, lanes_that_fit, peak_call_bytes
 from .plan import Plan, ReferenceSpec, RunSpec
 
 ProgressCallback = Callable[[int], None]
+FinishedCallback = Callable[["RunResult"], None]
+_NEVER = 2**62  # the "first non-finite model call" of a lane whose latents stayed finite
 
 
 @dataclass
@@ -118,6 +120,7 @@ class _Lane:
     latents: torch.Tensor
     timesteps: list[torch.Tensor]
     step_kwargs: dict[str, Any]
+    first_bad: torch.Tensor  # device scalar: index of the first model call after which latents were not finite
     position: int = 0
 
     @property
@@ -197,7 +200,8 @@ class Engine:
         step_kwargs = dict(result.spec.step_options)
         if _takes_generator(scheduler):
             step_kwargs["generator"] = generator
-        return _Lane(result, generator, latents, list(scheduler.timesteps), step_kwargs)
+        first_bad = torch.full((), _NEVER, dtype=torch.int64, device=latents.device)
+        return _Lane(result, generator, latents, list(scheduler.timesteps), step_kwargs, first_bad)
 
     def _embeddings(self, lanes: int) -> torch.Tensor:
         """Embeddings for ``lanes`` lanes: [uncond, cond] per lane under guidance, else cond alone (built once)."""
@@ -230,6 +234,9 @@ class Engine:
         step = lane.result.scheduler.step(guided, t, lane.latents, **lane.step_kwargs)
         lane.result.scheduler_seconds += time.perf_counter() - start
         lane.latents = step.prev_sample
+        # Remember where the latents first stopped being finite, on the device: no host sync per step.
+        went_bad = torch.where(torch.isfinite(lane.latents).all(), _NEVER, lane.position)
+        lane.first_bad = torch.minimum(lane.first_bad, went_bad)
         lane.position += 1
         lane.result.model_calls += 1
 
@@ -258,69 +265,73 @@ class Engine:
                                  f"{free / 2**30:.1f} GiB free on {self.device.type}")
         return lanes
 
-    def run(self, progress: ProgressCallback | None = None) -> EngineReport:
-        """Run every run of the plan in the plan's mode; Ctrl-C stops early and keeps what finished."""
-        advance = progress or (lambda _n: None)
+    def run(self, progress: ProgressCallback | None = None,
+            finished: FinishedCallback | None = None) -> EngineReport:
+        """Run every run of the plan in the plan's mode; ``finished`` gets each run as soon as it ends (measured
+        against the reference). Ctrl-C (or SIGTERM / SIGHUP, raised as KeyboardInterrupt) stops early and keeps
+        what finished."""
+        self._advance_progress = progress or (lambda _n: None)
+        self._on_finished = finished or (lambda _result: None)
         start = time.perf_counter()
         interrupted = False
         try:
             with cpu_threads(self.pipeline.cpu_threads, self.device):
-                self._run_all(advance)
+                self._run_all()
         except KeyboardInterrupt:
             interrupted = True
         wall = time.perf_counter() - start
-        self._measure_accuracy()
         return EngineReport(self.results, self.plan.mode, wall, interrupted, max_batch=self.max_batch,
                             max_batch_reason=self.max_batch_reason, reference=self.reference)
 
-    def _run_reference(self, advance: ProgressCallback) -> None:
+    def _run_reference(self) -> None:
         """The reference from the plan's seed: the exact solution of the same initial noise, or the run."""
         reference = self.reference
         if reference is None:
             return
         if reference.run is not None:
-            self._run_one(reference.run, advance)
+            self._run_one(reference.run, report=False)
             run = reference.run
             reference.status, reference.error, reference.seconds = run.status, run.error, run.seconds
             reference.latents, reference.image = run.latents, run.image
-            return
-        start = time.perf_counter()
-        try:
-            generator = torch.Generator(self.generator_device).manual_seed(self.plan.seed)
-            noise = randn_tensor(self.latent_shape, generator, self.device, self.pipeline.dtype)
-            reference.latents = self.pipeline.exact_solution(noise, self.cond, self.uncond, self.plan.guidance)
-            reference.image = self.pipeline.decode(reference.latents)[0]
-            reference.status = "ok"
-        except Exception as err:  # the runs still run; they just get no accuracy
-            reference.status, reference.error = "failed", f"{type(err).__name__}: {err}"
-        reference.seconds = time.perf_counter() - start
+        else:
+            start = time.perf_counter()
+            try:
+                generator = torch.Generator(self.generator_device).manual_seed(self.plan.seed)
+                noise = randn_tensor(self.latent_shape, generator, self.device, self.pipeline.dtype)
+                latents = self.pipeline.exact_solution(noise, self.cond, self.uncond, self.plan.guidance)
+                if not bool(torch.isfinite(latents).all()):
+                    raise NonFiniteError("the exact solution is not finite")
+                reference.latents = latents
+                reference.image = self.pipeline.decode(latents)[0]
+                reference.status = "ok"
+            except Exception as err:  # the runs still run; they just get no accuracy
+                reference.status, reference.error = "failed", describe_error(err)
+            reference.seconds = time.perf_counter() - start
+        if reference.status == "ok":
+            reference.nearest = self.pipeline.nearest_training_image(reference.latents)
 
-    def _measure_accuracy(self) -> None:
-        """Each finished run against the reference; on a model with a known data set, also its nearest image."""
+    def _report(self, result: RunResult) -> None:
+        """A run has ended: measure it against the reference (when it has an image and there is one), pass it on."""
         reference = self.reference
-        if reference is None or reference.status != "ok":
-            return
-        reference.nearest = self.pipeline.nearest_training_image(reference.latents)
-        for result in self.results:
-            if result.status == "ok":
-                result.accuracy = measure(result.latents, result.image, reference.latents, reference.image,
-                                          result.stochastic,
-                                          self.pipeline.nearest_training_image(result.latents))
+        if result.status == "ok" and reference is not None and reference.status == "ok":
+            result.accuracy = measure(result.latents, result.image, reference.latents, reference.image,
+                                      result.stochastic, self.pipeline.nearest_training_image(result.latents))
+        self._on_finished(result)
 
-    def _run_all(self, advance: ProgressCallback) -> None:
+    def _run_all(self) -> None:
         """Warm up, then every run in the plan's mode."""
         self.warm_up()
         if self.plan.mode == "batched" and self.max_batch is None:
             self.max_batch = self.choose_max_batch()
         with torch.inference_mode():
-            self._run_reference(advance)
+            self._run_reference()
             if self.plan.mode == "batched":
-                self._run_batched(advance)
+                self._run_batched()
             else:
                 for result in self.results:
-                    self._run_one(result, advance)
+                    self._run_one(result)
 
-    def _run_one(self, result: RunResult, advance: ProgressCallback) -> None:
+    def _run_one(self, result: RunResult, report: bool = True) -> None:
         """Sequential mode: the run alone, device synchronised around its clock."""
         synchronize(self.device)
         start = time.perf_counter()
@@ -330,23 +341,48 @@ class Engine:
                 scaled, timesteps = self._model_inputs(lane)
                 output = self.pipeline.denoise(scaled, timesteps, self.single_lane_embeddings)
                 self._advance(lane, output)
-                advance(1)
-            result.latents = lane.latents
-            result.image = self.pipeline.decode(lane.latents)[0]
+                self._advance_progress(1)
+            self._finish([lane])
             synchronize(self.device)
-            result.status = "ok"
         except KeyboardInterrupt:
             result.status, result.error = "not run", "interrupted"
             raise
         except Exception as err:
-            result.status, result.error = "failed", f"{type(err).__name__}: {err}"
+            result.status, result.error = "failed", describe_error(err)
         result.seconds = time.perf_counter() - start
+        if report:
+            self._report(result)
+
+    def _finish(self, lanes: list[_Lane]) -> None:
+        """Lanes at the end of their schedules: a lane whose latents went non-finite fails with the model call
+        where it happened (one host read per run); the others are decoded together (one by one if that fails)."""
+        first_bad = torch.stack([lane.first_bad for lane in lanes]).tolist()
+        finite = []
+        for lane, bad in zip(lanes, first_bad, strict=True):
+            if bad < _NEVER:
+                self._fail(lane, NonFiniteError(f"latents became NaN or infinite at model call {bad + 1} of "
+                                                f"{len(lane.timesteps)}"))
+            else:
+                finite.append(lane)
+        if not finite:
+            return
+        try:
+            images = self.pipeline.decode(torch.cat([lane.latents for lane in finite]))
+        except Exception as err:
+            if len(finite) == 1:
+                self._fail(finite[0], err)
+            else:  # find which lane's decode fails; the others keep their images
+                for lane in finite:
+                    self._finish([lane])
+            return
+        for lane, image in zip(finite, images, strict=True):
+            lane.result.latents, lane.result.image, lane.result.status = lane.latents, image, "ok"
 
     @staticmethod
     def _fail(lane: _Lane, err: Exception) -> None:
-        lane.result.status, lane.result.error = "failed", f"{type(err).__name__}: {err}"
+        lane.result.status, lane.result.error = "failed", describe_error(err)
 
-    def _run_batched(self, advance: ProgressCallback) -> None:
+    def _run_batched(self) -> None:
         """Continuous batching: each tick calls the model once for all active lanes, then steps each lane."""
         waiting = list(self.results)
         max_batch = self.max_batch or len(waiting)
@@ -365,6 +401,7 @@ class Engine:
                 except Exception as err:  # a failed call fails the lanes in it, not the plan
                     for lane in active:
                         self._fail(lane, err)
+                        self._report(lane.result)
                     active = []
                     continue
                 per_lane = outputs.split([x.shape[0] for x, _ in inputs])
@@ -373,21 +410,27 @@ class Engine:
                         self._advance(lane, output)
                     except Exception as err:  # one failing lane must not lose the others
                         self._fail(lane, err)
-                active = [lane for lane in active if lane.result.status != "failed"]
-                if not active:
-                    continue
-                finished = [lane for lane in active if lane.done]
+                stepped = [lane for lane in active if lane.result.status != "failed"]
+                finished = [lane for lane in stepped if lane.done]
                 if finished:
-                    images = self.pipeline.decode(torch.cat([lane.latents for lane in finished]))
-                    for lane, image in zip(finished, images, strict=True):
-                        lane.result.latents, lane.result.image, lane.result.status = lane.latents, image, "ok"
+                    self._finish(finished)
                 synchronize(self.device)
                 share = (time.perf_counter() - tick_start) / len(active)
                 for lane in active:
                     lane.result.seconds += share
-                advance(len(active))
-                active = [lane for lane in active if not lane.done]
+                self._advance_progress(len(stepped))
+                for lane in active:
+                    if lane.done or lane.result.status == "failed":
+                        self._report(lane.result)
+                active = [lane for lane in stepped if not lane.done]
         except KeyboardInterrupt:
             for lane in active:
-                lane.result.status, lane.result.error = "not run", "interrupted"
+                if lane.result.status not in ("ok", "failed"):
+                    lane.result.status, lane.result.error = "not run", "interrupted"
             raise
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for a run's error: our own errors by their message, others as 'Type: message'."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, SchedcmpError) else f"{type(err).__name__}: {text}"

@@ -1,4 +1,4 @@
-"""User-facing errors of the tool: the CLI prints each as one red line and exits with code 1."""
+"""User-facing errors of the tool: the error boundary prints each as one line and exits with its ``exit_code``."""
 
 from __future__ import annotations
 
@@ -19,8 +19,25 @@ class OutputExistsError(SchedcmpError):
     """The output folder already holds results and --overwrite was not given."""
 
 
+class OutputFolderError(SchedcmpError):
+    """The output folder cannot be used: it is a file, lies below one, or cannot be written."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, or a SIGTERM / SIGHUP turned into the same clean stop; the exit code is 128 + the signal number."""
+
+    def __init__(self, signal_number: int, name: str):
+        super().__init__(name)
+        self.signal_number, self.name = signal_number, name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal_number
+
+
 class RunFailedError(SchedcmpError):
     """One or more runs of a plan failed; what finished was still written."""
 
 
-__all__ = ["ConfigError", "OutputExistsError", "PlanError", "RunFailedError", "SchedcmpError", "UnknownSchedulerError"]
+__all__ = ["ConfigError", "Interrupted", "OutputExistsError", "OutputFolderError", "PlanError", "RunFailedError",
+           "SchedcmpError", "UnknownSchedulerError"]

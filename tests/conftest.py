@@ -1,5 +1,10 @@
-"""Shared test setup: one torch thread per test process, and a quiet diffusers oracle."""
+"""Shared test setup: one torch thread per test process, a quiet diffusers oracle, and the real command line."""
 
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +28,23 @@ def _quiet_diffusers_logging():
 def chromium(tmp_path: Path):
     """Headless Chromium (skipped with the reason where it is not installed)."""
     return headless_chromium(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def schedcmp() -> Iterator[Callable[..., subprocess.CompletedProcess]]:
+    """`schedcmp ARGS` in a working folder: each call a fresh process running the real entry point, forked from
+    one that imported torch once (tests/cli_forks.py)."""
+    env = {**os.environ, "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"}
+    env.pop("SCHEDCMP_DEBUG", None)
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("cli_forks.py"))], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        server.stdin.write(json.dumps({"args": list(args), "cwd": str(cwd)}) + "\n")
+        server.stdin.flush()
+        answer = json.loads(server.stdout.readline())
+        return subprocess.CompletedProcess(["schedcmp", *args], answer["code"], answer["stdout"], answer["stderr"])
+
+    yield call
+    server.stdin.close()
+    server.wait(timeout=30)

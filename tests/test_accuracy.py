@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from schedcmp.accuracy import CostToReach, Measured, cost_to_reach, error_series
+from schedcmp.accuracy import CostToReach, Measured, cost_to_reach
 from schedcmp.core.builtin import ShapesPipeline
 from schedcmp.core.pipeline import DenoisingPipeline
 from schedcmp.core.schedulers import ALIASES, EDMEulerScheduler
 from schedcmp.engine import Engine
 from schedcmp.errors import PlanError
+from schedcmp.outputs.summary import error_series
 from schedcmp.plan import build_plan
 
 PIPELINE = ShapesPipeline()

@@ -47,7 +47,7 @@ def test_the_record_holds_the_reference_and_every_runs_accuracy(sweep) -> None:
     assert all(set(a) == {"latent_rmse", "psnr", "ssim", "stochastic", "nearest_dataset_rmse", "nearest_caption"}
                for a in accuracies)
     assert record["plot"] == "error_vs_calls.png"
-    assert sorted(row["scheduler"] for row in record["cost_to_reach"]["rows"]) == sorted(SCHEDULERS)
+    assert sorted(row["scheduler"] for row in record["cost_to_reach"]) == sorted(SCHEDULERS)
 
 
 def test_the_csv_has_accuracy_columns(sweep) -> None:

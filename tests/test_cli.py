@@ -284,8 +284,8 @@ def test_cuda_graphs_compile_in_reduce_overhead_mode(tmp_path: Path, monkeypatch
 
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module, mode=None: compiled.append(mode) or module)
-    monkeypatch.setattr("schedcmp.cli.resolve_device", lambda name: torch.device("cuda"))  # as if on a GPU
-    monkeypatch.setattr("schedcmp.cli.load_pipeline", lambda *args: ShapesPipeline())  # which still runs here
+    monkeypatch.setattr("schedcmp.compare.resolve_device", lambda name: torch.device("cuda"))  # as if on a GPU
+    monkeypatch.setattr("schedcmp.compare.load_pipeline", lambda *args: ShapesPipeline())  # which still runs here
     assert run_quick(tmp_path / "out", "--cuda-graphs").exit_code == 0
     assert compiled == ["reduce-overhead"]
 

@@ -54,7 +54,7 @@ def make_run(folder: Path, layout: str = "matrix", accuracy: bool = False) -> di
                                             for r in runs]},
         "environment": {"model": "builtin:shapes", "device": "cpu", "dtype": "float32", "cpu_threads": 1,
                         "versions": {"torch": "2.13.0+cpu", "python": "3.11.7"}, "platform": "Linux"},
-        "mode": "sequential", "wall_seconds": 0.5, "interrupted": False,
+        "size": [16, 16], "mode": "sequential", "wall_seconds": 0.5, "interrupted": False,
         "warnings": ["dpm 10 steps failed"], "runs": runs,
     }
     if accuracy:
@@ -67,12 +67,13 @@ def make_run(folder: Path, layout: str = "matrix", accuracy: bool = False) -> di
         document["plot"] = "error_vs_calls.png"
         png(folder / "reference.png", (9, 99, 199))
         document["reference"] = {"kind": "exact", "label": "exact float64 ODE solution", "image": "reference.png"}
-        document["cost_to_reach"] = {"target_error": 0.05, "rows": [
+        document["plan"]["target_error"] = 0.05
+        document["cost_to_reach"] = [
             {"scheduler": "ddim", "stochastic": False, "model_calls": 20, "steps": 20, "best_error": 0.01,
              "best_model_calls": 50},
             {"scheduler": "euler", "stochastic": True, "model_calls": None, "steps": None, "best_error": 0.2,
              "best_model_calls": 10},
-        ]}
+        ]
     return document
 
 
@@ -153,8 +154,8 @@ def test_html_special_text_is_escaped(tmp_path: Path) -> None:
     document["runs"][0]["label"] = document["runs"][-1]["error"] = NASTY
     document["warnings"] = [NASTY]
     text = write_html_report(tmp_path, document).read_text(encoding="utf-8")
-    assert "<b>&quot;x" not in text and '<b>"x"' not in text
-    assert "&lt;b&gt;&quot;x&quot; &amp; &lt;/script&gt;" in text
+    assert "<b>&#34;x" not in text and '<b>"x"' not in text
+    assert "&lt;b&gt;&#34;x&#34; &amp; &lt;/script&gt;" in text
     assert text.count("</script>") == 1  # only the page's own script ends
 
 
@@ -221,7 +222,7 @@ def test_scheduler_configs_plan_and_reference_are_in_details_blocks(tmp_path: Pa
     summaries = [summary for summary, _ in blocks]
     assert summaries[:2] == ["#1 ddim · 5 steps · DDIMScheduler", "#2 ddim · 10 steps · DDIMScheduler"]
     assert {"plan", "environment", "accuracy reference"} <= set(summaries)
-    assert all(f"&quot;steps_marker&quot;: &quot;cfg-{i}&quot;" in blocks[i - 1][1] for i in range(1, 7))
+    assert all(f"&#34;steps_marker&#34;: &#34;cfg-{i}&#34;" in blocks[i - 1][1] for i in range(1, 7))
 
 
 # --- a real browser -------------------------------------------------------------------------------------------------

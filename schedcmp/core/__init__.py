@@ -1,62 +1,56 @@
 """The local diffusers-style core: schedulers, their config system, the pipelines and the model front door.
-Knows nothing of the CLI."""
+Knows nothing of the CLI. Names load on first use (PEP 562), so importing ``schedcmp.core.errors`` alone stays cheap.
+"""
 
-from .builtin import ShapesPipeline
-from .configuration import ConfigMixin, FrozenConfig, register_to_config
-from .errors import ConfigError, ConfigWarning, SchedcmpError, UnknownSchedulerError
-from .load import load_pipeline
-from .pipeline import DenoisingPipeline, StableDiffusionPipeline
-from .schedulers import (
-    SCHEDULER_CLASSES,
-    DDIMScheduler,
-    DDPMScheduler,
-    DEISMultistepScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSDEScheduler,
-    DPMSolverSinglestepScheduler,
-    EDMEulerScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    SchedulerMixin,
-    SchedulerOutput,
-    UniPCMultistepScheduler,
-    resolve_scheduler,
-)
+from __future__ import annotations
 
-__all__ = [
-    "SCHEDULER_CLASSES",
-    "ConfigError",
-    "ConfigMixin",
-    "ConfigWarning",
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "DEISMultistepScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSDEScheduler",
-    "DPMSolverSinglestepScheduler",
-    "DenoisingPipeline",
-    "EDMEulerScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "FrozenConfig",
-    "HeunDiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "KDPM2DiscreteScheduler",
-    "LMSDiscreteScheduler",
-    "PNDMScheduler",
-    "SchedcmpError",
-    "SchedulerMixin",
-    "SchedulerOutput",
-    "ShapesPipeline",
-    "StableDiffusionPipeline",
-    "UniPCMultistepScheduler",
-    "UnknownSchedulerError",
-    "load_pipeline",
-    "register_to_config",
-    "resolve_scheduler",
-]
+import importlib
+from typing import Any
+
+# Every public name and the submodule that defines it.
+_HOME = {
+    "SCHEDULER_CLASSES": "schedulers",
+    "ConfigError": "errors",
+    "ConfigMixin": "configuration",
+    "ConfigWarning": "errors",
+    "DDIMScheduler": "schedulers",
+    "DDPMScheduler": "schedulers",
+    "DEISMultistepScheduler": "schedulers",
+    "DPMSolverMultistepScheduler": "schedulers",
+    "DPMSolverSDEScheduler": "schedulers",
+    "DPMSolverSinglestepScheduler": "schedulers",
+    "DenoisingPipeline": "pipeline",
+    "EDMEulerScheduler": "schedulers",
+    "EulerAncestralDiscreteScheduler": "schedulers",
+    "EulerDiscreteScheduler": "schedulers",
+    "FrozenConfig": "configuration",
+    "HeunDiscreteScheduler": "schedulers",
+    "KDPM2AncestralDiscreteScheduler": "schedulers",
+    "KDPM2DiscreteScheduler": "schedulers",
+    "LMSDiscreteScheduler": "schedulers",
+    "PNDMScheduler": "schedulers",
+    "SchedcmpError": "errors",
+    "SchedulerMixin": "schedulers",
+    "SchedulerOutput": "schedulers",
+    "ShapesPipeline": "builtin",
+    "StableDiffusionPipeline": "pipeline",
+    "UniPCMultistepScheduler": "schedulers",
+    "UnknownSchedulerError": "errors",
+    "load_pipeline": "load",
+    "register_to_config": "configuration",
+    "resolve_scheduler": "schedulers",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines ``name`` the first time it is asked for."""
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -23,3 +23,7 @@ class ConfigWarning(UserWarning):
 
 class WeightsError(SchedcmpError):
     """Model weights that are missing, corrupt, of the wrong shape, or refused (pickles without opt-in)."""
+
+
+class NonFiniteError(SchedcmpError):
+    """A computation that produced NaN or infinity (a diverging sampler, broken weights, fp16 overflow)."""

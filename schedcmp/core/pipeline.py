@@ -14,7 +14,7 @@ import PIL
 import torch
 from PIL import Image
 
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, NonFiniteError, WeightsError
 from .models.clip import CLIPTextConfig, CLIPTextModel, convert_state_dict
 from .models.loading import load_weights, weight_files
 from .models.tokenizer import CLIPTokenizer
@@ -206,6 +206,9 @@ class StableDiffusionPipeline(DenoisingPipeline):
                 )
                 self.vae.float()
                 images = self.vae.decode(latents.float() / self.vae.config.scaling_factor)
+            if not bool(torch.isfinite(images).all()):
+                raise NonFiniteError(f"{self.name}: the VAE decoded NaN or infinite pixels from finite latents; "
+                                     "its weights may be broken (check the vae folder or file)")
         return to_unit_images(images)
 
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from .text import elide, load_font, wrap
 
 MIN_CELL = 256
 PAD = 12
@@ -14,6 +16,11 @@ BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
 MUTED = (110, 110, 110)
 FAILED = (170, 30, 30)
+MAX_LABEL_W = 320  # px: the row label column never gets wider; longer labels wrap, then are cut with "…"
+HEADER_LINES = 3  # lines each header entry (prompt, negative prompt, settings) may wrap onto
+LABEL_LINES = 3  # lines a row label may wrap onto
+ERROR_LINES = 3  # lines a failed cell's last caption line (its error message) may wrap onto
+TITLE_LINE, LABEL_LINE, CAPTION_LINE = 28, 22, 19  # px between the baselines of header, label and caption lines
 
 
 @dataclass
@@ -27,38 +34,6 @@ class GridCell:
     failed: bool = False
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
-
-
-def _text_width(draw: ImageDraw.ImageDraw, text: str, font) -> int:
-    return int(draw.textlength(text, font=font))
-
-
-def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
-    """Shorten ``text`` with an ellipsis until it fits in ``width`` pixels."""
-    if _text_width(draw, text, font) <= width:
-        return text
-    while text and _text_width(draw, text + "…", font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
-def wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
-    """Break ``text`` into lines of at most ``width`` pixels, at spaces where possible."""
-    lines: list[str] = []
-    current = ""
-    for word in text.split(" "):
-        candidate = f"{current} {word}" if current else word
-        if current and _text_width(draw, candidate, font) > width:
-            lines.append(current)
-            current = word
-        else:
-            current = candidate
-    lines.append(current)
-    return [_fit(draw, line, font, width) for line in lines]
-
-
 def upscale(image: Image.Image, minimum: int = MIN_CELL) -> Image.Image:
     """Enlarge by a whole factor with nearest-neighbour sampling until the short side reaches ``minimum``."""
     factor = max(1, -(-minimum // min(image.size)))
@@ -67,46 +42,66 @@ def upscale(image: Image.Image, minimum: int = MIN_CELL) -> Image.Image:
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
+def _caption(draw: ImageDraw.ImageDraw, cell: GridCell, font, width: int) -> list[tuple[str, tuple[int, int, int]]]:
+    """A cell's caption as drawn: (text, colour) per line, each cut to ``width``; a failure's message wraps."""
+    lines = []
+    for k, line in enumerate(cell.lines):
+        if cell.failed and k == len(cell.lines) - 1:
+            lines += [(part, FAILED) for part in wrap(draw, line, font, width, ERROR_LINES) or [""]]
+        else:
+            lines.append((elide(draw, line, font, width), INK if k == 0 else MUTED))
+    return lines
+
+
 def draw_grid(cells: list[GridCell], header: list[str], layout: str) -> Image.Image:
-    """Compose the grid: rows x step columns for a matrix plan, or cells in reading order for a list plan."""
+    """Compose the grid: rows x step columns for a matrix plan, or cells in reading order for a list plan.
+
+    Every text (header, labels, captions) may be of any length and hold line breaks or characters the font lacks:
+    it is wrapped onto a few lines or cut with "…" to fit, so it never widens the grid.
+    """
     images = [upscale(c.image) for c in cells if c.image is not None]
     cell_w = max([im.width for im in images] or [MIN_CELL])
     cell_h = max([im.height for im in images] or [MIN_CELL])
-    title_font, label_font, caption_font = _font(22), _font(18), _font(15)
-    caption_lines = max([len(c.lines) for c in cells] or [1])
-    caption_h = caption_lines * 19 + 6
+    title_font, label_font, caption_font = load_font(22), load_font(18), load_font(15)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    captions = {id(c): _caption(probe, c, caption_font, cell_w) for c in cells}
+    caption_lines = max([len(lines) for lines in captions.values()] or [1])
+    caption_h = caption_lines * CAPTION_LINE + 6
 
     if layout == "matrix":
         rows = list(dict.fromkeys(c.row for c in cells))
         columns = list(dict.fromkeys(c.column for c in cells))
         place = {id(c): (rows.index(c.row), columns.index(c.column)) for c in cells}
-        label_w = max(_text_width(probe, r, label_font) for r in rows) + 2 * PAD
-        label_w = min(label_w, 320)
+        row_lines = [wrap(probe, r, label_font, MAX_LABEL_W - 2 * PAD, LABEL_LINES) for r in rows]
+        widest = max((probe.textlength(line, font=label_font) for lines in row_lines for line in lines), default=0)
+        label_w = min(int(widest) + 2 * PAD, MAX_LABEL_W)
         column_head_h = 30
     else:
         columns = [""] * min(len(cells), LIST_COLUMNS)
         rows = [""] * -(-len(cells) // LIST_COLUMNS)
         place = {id(c): divmod(i, LIST_COLUMNS) for i, c in enumerate(cells)}
+        row_lines = []
         label_w, column_head_h = PAD, 0
 
     width = label_w + len(columns) * (cell_w + PAD) + PAD
-    header = [part for line in header for part in wrap(probe, line, title_font, width - 2 * PAD)]
-    header_h = PAD + 28 * len(header) + PAD
+    header = [part for line in header for part in wrap(probe, line, title_font, width - 2 * PAD, HEADER_LINES)]
+    header_h = PAD + TITLE_LINE * len(header) + PAD
     height = header_h + column_head_h + len(rows) * (cell_h + caption_h + PAD) + PAD
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
 
     for i, line in enumerate(header):
-        draw.text((PAD, PAD + 28 * i), line, fill=INK, font=title_font)
+        draw.text((PAD, PAD + TITLE_LINE * i), line, fill=INK, font=title_font)
     top = header_h + column_head_h
-    if layout == "matrix":
-        for j, column in enumerate(columns):
-            x = label_w + j * (cell_w + PAD)
-            draw.text((x + cell_w // 2, header_h + 4), column, fill=INK, font=label_font, anchor="mt")
-        for i, row in enumerate(rows):
-            y = top + i * (cell_h + caption_h + PAD) + cell_h // 2
-            draw.text((PAD, y), _fit(draw, row, label_font, label_w - 2 * PAD), fill=INK, font=label_font, anchor="lm")
+    for j, column in enumerate(columns if layout == "matrix" else []):
+        x = label_w + j * (cell_w + PAD)
+        text = elide(draw, column, label_font, cell_w)
+        draw.text((x + cell_w // 2, header_h + 4), text, fill=INK, font=label_font, anchor="mt")
+    for i, lines in enumerate(row_lines):
+        middle = top + i * (cell_h + caption_h + PAD) + cell_h // 2
+        for k, line in enumerate(lines):
+            y = middle + (2 * k - len(lines) + 1) * LABEL_LINE // 2
+            draw.text((PAD, y), line, fill=INK, font=label_font, anchor="lm")
 
     for cell in cells:
         i, j = place[id(cell)]
@@ -117,10 +112,8 @@ def draw_grid(cells: list[GridCell], header: list[str], layout: str) -> Image.Im
             canvas.paste(image, (x + (cell_w - image.width) // 2, y + (cell_h - image.height) // 2))
         else:
             draw.rectangle((x, y, x + cell_w - 1, y + cell_h - 1), fill=(235, 235, 235), outline=(200, 200, 200))
-        for k, line in enumerate(cell.lines):
-            color = FAILED if cell.failed and k == len(cell.lines) - 1 else (INK if k == 0 else MUTED)
-            text = _fit(draw, line, caption_font, cell_w)
-            draw.text((x, y + cell_h + 4 + 19 * k), text, fill=color, font=caption_font)
+        for k, (text, color) in enumerate(captions[id(cell)]):
+            draw.text((x, y + cell_h + 4 + CAPTION_LINE * k), text, fill=color, font=caption_font)
     return canvas
 
 

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from .text import elide, load_font
 
 # Okabe-Ito (black moved back, yellow dropped: too faint on white), then Paul Tol / Tableau extras.
 SERIES_COLOURS: tuple[tuple[int, int, int], ...] = (
@@ -124,22 +126,6 @@ def _minor_ticks(lo: float, hi: float) -> list[float]:
     first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
     values = [float(f"{m}e{e}") for e in range(first, last + 1) for m in range(1, 10)]
     return [v for v in values if lo <= v <= hi]
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: one fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
-    """Shorten ``text`` with an ellipsis until it fits in ``width`` pixels."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
 
 
 def _clean(series: Series) -> tuple[list[tuple[float, float]], list[float]]:
@@ -262,12 +248,13 @@ def _draw_legend(draw: ImageDraw.ImageDraw, where: Layout, series: Sequence[Seri
         else:
             draw.line([(x, y), (x + 30, y)], fill=colour, width=LINE_WIDTH)
         _marker(draw, x + 15, y, marker, colour)
-        draw.text((x + 38, y), _fit(draw, s.name, font, LEGEND_WIDTH - 46), fill=INK, font=font, anchor="lm")
+        draw.text((x + 38, y), elide(draw, s.name, font, LEGEND_WIDTH - 46), fill=INK, font=font, anchor="lm")
 
 
 def _draw_y_label(image: Image.Image, text: str, font, box: Box) -> None:
     """The y axis label, rotated a quarter turn, centred on the plot's height at the left edge."""
     probe = ImageDraw.Draw(image)
+    text = elide(probe, text, font, box[3] - box[1])
     width = int(probe.textlength(text, font=font)) + 4
     mask = Image.new("L", (width, 24), 0)
     ImageDraw.Draw(mask).text((2, 12), text, fill=255, font=font, anchor="lm")
@@ -295,12 +282,13 @@ def save_error_plot(
     ys = [y for positive, _ in cleaned for _, y in positive] + ([target] if target is not None else [])
     where = layout(len(series))
     axes = _Axes(where.plot, _axis_range(xs), _axis_range(ys or [0.1]))
-    fonts = {"title": _font(20), "label": _font(16), "tick": _font(14)}
+    fonts = {"title": load_font(20), "label": load_font(16), "tick": load_font(14)}
 
     image = Image.new("RGB", where.size, BACKGROUND)
     draw = ImageDraw.Draw(image)
     left, _, right, bottom = where.plot
-    draw.text((left, 18), _fit(draw, title, fonts["title"], where.size[0] - left - EDGE), fill=INK, font=fonts["title"])
+    title = elide(draw, title, fonts["title"], where.size[0] - left - EDGE)
+    draw.text((left, 18), title, fill=INK, font=fonts["title"])
     _draw_grid(draw, axes, fonts)
     if target is not None:
         _dashed(draw, [(left, axes.py(target)), (right, axes.py(target))], TARGET, 2)
@@ -310,6 +298,7 @@ def save_error_plot(
         colour, marker = SERIES_COLOURS[i % len(SERIES_COLOURS)], MARKERS[i // len(SERIES_COLOURS) % len(MARKERS)]
         _draw_series(draw, axes, s, colour, marker, nesting=levels - 1 - i % levels)
     draw.rectangle(where.plot, outline=INK, width=1)
+    x_label = elide(draw, x_label, fonts["label"], right - left)
     draw.text(((left + right) / 2, bottom + 32), x_label, fill=INK, font=fonts["label"], anchor="mt")
     _draw_y_label(image, y_label, fonts["label"], where.plot)
     _draw_legend(draw, where, series, fonts["tick"])

@@ -1,0 +1,201 @@
+"""One invocation of `schedcmp run`: plan -> load -> engine -> accuracy -> outputs, written atomically.
+
+The output folder is checked before anything loads; results go to a staging folder beside it (each image as its
+run ends) and are moved in at the end, so a failed start or a crash leaves the folder as it was."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import terminal
+from .boundary import StopSignals
+from .core.load import load_pipeline
+from .core.pipeline import DenoisingPipeline
+from .engine import Engine, EngineReport, cpu_threads
+from .errors import OutputFolderError, RunFailedError, SchedcmpError
+from .outputs.folder import OutputFolder
+from .outputs.summary import Summary
+from .outputs.tables import cost_table, expectation_table, timing_table
+from .outputs.writer import ResultWriter, Written
+from .plan import Plan
+from .smoke import DEFAULT_TOLERANCE_DB, check_determinism, compare_with_expected, identical_results, read_expected
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `run` does beyond the plan: where results go, how the model loads, and the CI checks."""
+
+    out: Path | None = None
+    overwrite: bool = False
+    allow_pickle: bool = False
+    compile_model: bool = False
+    cuda_graphs: bool = False
+    expect: Path | None = None
+    tolerance: float = DEFAULT_TOLERANCE_DB
+    check_determinism: bool = False
+    json_output: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when present, else Apple's MPS, else the CPU; an absent device is a user error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SchedcmpError("--device cuda: no CUDA device is available here (try --device cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise SchedcmpError("--device mps: no Apple MPS device is available here (try --device cpu)")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device, model: str) -> torch.dtype:
+    """'auto' is fp16 on CUDA for real models and fp32 elsewhere (builtin:shapes is always exact fp32)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" and not model.startswith("builtin:") else torch.float32
+    return DTYPES[name]
+
+
+@contextmanager
+def shown_warnings(into: list[str]) -> Iterator[None]:
+    """Collect the warnings the block raises, print each once as one line, and append them to ``into``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught):
+                terminal.warning(message)
+                into.append(message)
+
+
+def _check_expect(expect: Path | None, out: Path) -> None:
+    """--expect must name a previous run's folder other than the one this run writes."""
+    if expect is None:
+        return
+    if expect.resolve() == out.resolve():
+        raise OutputFolderError(f"--expect {expect} is the output folder of this run; point it at a previous run's "
+                                "folder (copy it aside first)")
+    read_expected(expect)
+
+
+def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
+    """Load the model once, run every cell of the plan, write every output; returns the exit code."""
+    folder = OutputFolder(options.out or Path("out") / time.strftime("run-%Y%m%d-%H%M%S"), options.overwrite)
+    folder.check()
+    _check_expect(options.expect, folder.target)
+    notes: list[str] = []
+    with shown_warnings(notes):
+        device = resolve_device(plan.device)
+        dtype = resolve_dtype(plan.dtype, device, plan.model)
+        if options.cuda_graphs and device.type != "cuda":
+            raise SchedcmpError(f"--cuda-graphs needs a CUDA device; this run is on {device.type} "
+                                "(use --compile instead)")
+        pipeline = load_pipeline(plan.model, device, dtype, options.allow_pickle, plan.clip_skip)
+        if options.compile_model or options.cuda_graphs:
+            pipeline.compile(mode="reduce-overhead" if options.cuda_graphs else None)
+        engine = Engine(pipeline, plan)
+    size = plan.size or pipeline.default_size
+    staging = folder.open_staging()
+    try:
+        writer = ResultWriter(staging, plan, size)
+        with shown_warnings(notes):
+            report = _sample(engine, plan, writer)
+        with signals.deferred():
+            report.warnings.extend(notes)
+            for message in identical_results(report.results):
+                terminal.warning(message)
+                report.warnings.append(message)
+            summary = Summary.build(plan, report, pipeline.describe(), size)
+            written = writer.finish(summary)
+            folder.commit()
+    except SchedcmpError:
+        folder.discard()
+        raise
+    except BaseException:
+        terminal.warning(f"the runs that finished are kept in {staging}")
+        raise
+    _show(summary, written, folder.target, options.json_output)
+    return _verdict(summary, written, signals, folder.target, options, pipeline, device)
+
+
+def _sample(engine: Engine, plan: Plan, writer: ResultWriter) -> EngineReport:
+    """Every run, with a transient progress bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=terminal.err(), transient=True) as progress:
+        task = progress.add_task(f"{len(plan.runs)} runs, {plan.mode}", total=engine.total_model_calls)
+        return engine.run(lambda n: progress.advance(task, n), writer.run_finished)
+
+
+def _show(summary: Summary, written: Written, target: Path, json_output: bool) -> None:
+    """The record as JSON, or the tables and a summary line, on stdout."""
+    if json_output:
+        sys.stdout.write((target / "results.json").read_text(encoding="utf-8"))
+        return
+    terminal.show(timing_table(summary))
+    costs = cost_table(summary)
+    if costs is not None:
+        terminal.show(costs)
+    report = summary.report
+    terminal.show(f"{len(summary.results)} runs, {summary.model_calls} model calls, "
+                  f"{report.wall_seconds:.2f} s wall ({report.mode})")
+    files = [str(target / name) for name in written.names]
+    terminal.show(f"wrote {', '.join(files)} and {written.images} images")
+
+
+def _verdict(summary: Summary, written: Written, signals: StopSignals, target: Path, options: RunOptions,
+             pipeline: DenoisingPipeline, device: torch.device) -> int:
+    """The exit code: interrupted (128 + signal), a failed run (1), a failed CI check (1), or 0."""
+    reference = summary.report.reference
+    if reference is not None and reference.status == "failed":
+        terminal.warning(f"the reference failed, so no run has accuracy figures: {reference.error or ''}")
+    if summary.report.interrupted:
+        terminal.note("interrupted", f"wrote the runs that finished to {target}")
+        return signals.exit_code() or 130
+    failed = summary.failed()
+    if failed:
+        names = ", ".join(f"{r.index + 1} ({r.spec.label})" for r in failed)
+        raise RunFailedError(f"{len(failed)} of {len(summary.results)} runs failed: {names}")
+    if options.expect is not None:
+        checks = compare_with_expected(written.document, target, options.expect, options.tolerance)
+        terminal.show(expectation_table(checks, str(options.expect), options.tolerance))
+        bad = [c for c in checks if not c.passed]
+        if bad:
+            names = ", ".join(f"{c.label} {c.steps} ({c.status})" for c in bad)
+            raise SchedcmpError(f"{len(bad)} of {len(checks)} images differ from {options.expect}: {names}")
+        terminal.note("expect", f"all {len(checks)} images match {options.expect}")
+    if options.check_determinism:
+        return _check_determinism(summary.plan, pipeline, device, target, signals)
+    return 0
+
+
+def _check_determinism(plan: Plan, pipeline: DenoisingPipeline, device: torch.device, target: Path,
+                       signals: StopSignals) -> int:
+    """Sample the first run twice more; raise when the latents differ."""
+    try:
+        with cpu_threads(pipeline.cpu_threads, device), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the run above has shown them already
+            check = check_determinism(pipeline, plan)
+    except KeyboardInterrupt:
+        terminal.note("interrupted", f"during the determinism check; the results are in {target}")
+        return signals.exit_code() or 130
+    where = f"run 1 ({check.label}, {check.steps} steps)"
+    if not check.identical:
+        raise SchedcmpError(f"{where} is not deterministic: sampled twice from seed {plan.seed}, its latents "
+                            f"differ by up to {check.max_abs_difference:.3g}")
+    terminal.note("determinism", f"{where} gave bit-identical latents twice")
+    return 0
