@@ -111,6 +111,13 @@ class _Payload:
 
 def test_pickle_that_would_run_code_is_refused_even_with_opt_in(tmp_path: Path, capsys) -> None:
     (tmp_path / "model.bin").write_bytes(pickle.dumps({"proj.weight": _Payload()}))
-    with pytest.raises(WeightsError, match="could not be read as a weights-only checkpoint"):
+    with pytest.raises(WeightsError) as refused:
         load_weights(Toy, weight_files(tmp_path, "model", allow_pickle=True), torch.float32)
     assert "this must never run" not in capsys.readouterr().out
+    assert str(refused.value).startswith(
+        f"{tmp_path / 'model.bin'} holds Python objects")
+    assert str(refused.value).endswith(
+        "that a weights-only load refuses because loading them could run code; if you trust its source, convert it "
+        "to .safetensors where that is safe (load its state dict and write it with safetensors.torch.save_file), then "
+        "load the .safetensors file")
+    assert "\n" not in str(refused.value) and "weights_only=False" not in str(refused.value)

@@ -7,6 +7,9 @@ are refused unless the caller opts in, and are then read with ``torch.load(weigh
 from __future__ import annotations
 
 import json
+import pickle
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -76,11 +79,28 @@ def read_state_dict(files: list[Path], device: torch.device | str = "cpu") -> di
                 ) from None
         else:
             try:
-                loaded = torch.load(file, map_location=device, weights_only=True)
-            except Exception as err:  # torch raises several types for corrupt or unsafe pickles
-                raise WeightsError(f"{file} could not be read as a weights-only checkpoint: {err}") from None
+                with warnings.catch_warnings():  # torch's note on the pickle protocol is not the user's business
+                    warnings.simplefilter("ignore", UserWarning)
+                    loaded = torch.load(file, map_location=device, weights_only=True)
+            except pickle.UnpicklingError as err:  # torch's refusal of objects that could run code
+                found = _refused_global(str(err))
+                raise WeightsError(
+                    f"{file} holds Python objects{found} that a weights-only load refuses because loading them could "
+                    "run code; if you trust its source, convert it to .safetensors where that is safe (load its "
+                    "state dict and write it with safetensors.torch.save_file), then load the .safetensors file"
+                ) from None
+            except Exception as err:  # torch raises several types for corrupt pickles
+                reason = " ".join(str(err).split())[:200]
+                raise WeightsError(f"{file} could not be read as a weights-only checkpoint ({type(err).__name__}: "
+                                   f"{reason}); it may be truncated or not a PyTorch checkpoint") from None
             state.update(loaded.get("state_dict", loaded) if isinstance(loaded, dict) else {})
     return state
+
+
+def _refused_global(message: str) -> str:
+    """' (such as collections.OrderedDict)' for the global named in torch's refusal message, else ''."""
+    match = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"Unsupported global: ([\w.]+)", message)
+    return f" (such as {match[1]})" if match else ""
 
 
 def check_state_dict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
