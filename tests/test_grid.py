@@ -1,11 +1,24 @@
-"""The grid PNG: geometry, cell placement, nearest-neighbour upscaling, and failed cells."""
+"""The grid PNG: geometry, cell placement, nearest-neighbour upscaling, failed cells, and text of any length and
+shape (line breaks, emoji, right-to-left, huge) kept inside its place."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from schedcmp.outputs.grid import LIST_COLUMNS, MIN_CELL, PAD, GridCell, draw_grid, upscale
+from schedcmp.outputs.grid import (
+    ERROR_LINES,
+    HEADER_LINES,
+    LIST_COLUMNS,
+    MAX_LABEL_W,
+    MIN_CELL,
+    PAD,
+    TITLE_LINE,
+    GridCell,
+    draw_grid,
+    upscale,
+)
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
 
@@ -95,3 +108,60 @@ def test_row_labels_are_empty_without_text() -> None:
     """The ink measure finds nothing where nothing was drawn (the check above can fail)."""
     grid = np.asarray(draw_grid(matrix_cells(), [""], "matrix"))
     assert _ink(grid[:PAD, :]) == 0
+
+
+WILD = {
+    "empty": "",
+    "multi-line": "line one\nline two 🎨 مرحبا\n\n\tשלום 你好",
+    "emoji only": "🎨🖼️✨",
+    "20k": "a red circle on a blue background, " * 572,
+    "5000-char word": "x" * 5000,
+}
+
+
+def wild_cells(label: str) -> list[GridCell]:
+    """A 2 x 2 matrix with ``label`` in every row, column and caption, one cell failed with it as the error."""
+    cells = [
+        GridCell(f"{label} {r}", f"{label} {c}", solid(COLORS[2 * r + c]), [label, f"{c} steps · {label}"])
+        for r in range(2)
+        for c in range(2)
+    ]
+    cells[-1] = GridCell(cells[-1].row, cells[-1].column, None, [label, "failed", f"RuntimeError: {label}"], True)
+    return cells
+
+
+@pytest.mark.parametrize("label", WILD.values(), ids=WILD.keys())
+def test_any_text_fits_inside_the_grid_without_widening_it(label: str) -> None:
+    header = [label, f"negative: {label}", "seed 8 · guidance 7.5"]
+    image = draw_grid(wild_cells(label), header, "matrix")
+    assert image.width <= MAX_LABEL_W + 2 * (MIN_CELL + PAD) + PAD
+    header_h = 2 * PAD + TITLE_LINE * 3 * HEADER_LINES
+    assert image.height <= header_h + 30 + 2 * (MIN_CELL + (2 + ERROR_LINES) * 19 + 6 + PAD) + PAD
+    grid = np.asarray(image)
+    red = np.nonzero((grid == COLORS[0]).all(axis=-1))
+    top, left = red[0].min(), red[1].min()
+    gap = grid[top:, left + MIN_CELL : left + MIN_CELL + PAD]  # between the two columns, captions included
+    assert _ink(gap) == 0, "a caption ran into the next column"
+    assert _ink(grid[:, -PAD + 2 :]) == 0, "text ran off the right edge"
+    if label:
+        assert _ink(grid[top : top + MIN_CELL, :left]) > 20, "no row label"  # emoji-only is drawn as boxes
+
+
+def test_a_long_multi_line_error_wraps_under_its_cell() -> None:
+    message = "RuntimeError: CUDA out of memory.\nTried to allocate 2.00 GiB; " + "details " * 200
+    failed = [GridCell("ddim", "10 steps", None, ["ddim", "10 steps · failed", message], failed=True)]
+    plain = [GridCell("ddim", "10 steps", None, ["ddim", "10 steps · failed", "boom"], failed=True)]
+    assert draw_grid(failed, ["p"], "matrix").height == draw_grid(plain, ["p"], "matrix").height + (ERROR_LINES - 1) * 19
+
+
+def test_a_huge_prompt_is_drawn_in_a_few_header_lines() -> None:
+    prompt = "word " * 40_000 + "\n" + "🎨" * 10_000
+    huge = draw_grid(matrix_cells(), [prompt], "matrix")
+    short = draw_grid(matrix_cells(), ["a red circle"], "matrix")
+    assert huge.size == (short.width, short.height + (HEADER_LINES - 1) * TITLE_LINE)
+
+
+def test_list_layout_and_no_cells_take_any_text() -> None:
+    cells = [GridCell(label, "", solid(COLORS[0]), [label]) for label in WILD.values()]
+    assert draw_grid(cells, list(WILD.values()), "list").width == PAD + LIST_COLUMNS * (MIN_CELL + PAD) + PAD
+    assert draw_grid([], [""], "matrix").size[0] > 0

@@ -197,3 +197,25 @@ def test_series_on_exactly_the_same_points_all_stay_visible(tmp_path: Path) -> N
     image = draw(tmp_path, [Series(name, same) for name in ("euler", "unipc", "dpm", "lms")])
     for colour in SERIES_COLOURS[:4]:
         assert len(pixels_of(image, colour, layout(4).plot)) > 300
+
+
+WILD_NAMES = ["", "line one\nline two 🎨 مرحبا", "🎨🖼️✨", "a very long scheduler name " * 800, "x" * 5000]
+
+
+def _dark(region: np.ndarray) -> int:
+    return int((region.max(axis=-1) < 100).sum())
+
+
+@pytest.mark.parametrize("title", ["", "prompt\nover lines 🎨 שלום · seed 8", "a red circle " * 2000])
+def test_any_title_and_legend_names_stay_inside_the_image(tmp_path: Path, title: str) -> None:
+    series = [power_law(name, 10.0 ** -i, 1.0) for i, name in enumerate(WILD_NAMES)]
+    path = save_error_plot(series, tmp_path / "plot.png", title=title, x_label="calls\n" * 500, y_label="🎨" * 900)
+    image = np.asarray(Image.open(path).convert("RGB"))
+    where = layout(len(series))
+    assert image.shape[:2] == (where.size[1], where.size[0])
+    assert _dark(image[:, -8:]) == 0, "text ran off the right edge"
+    legend_x, legend_y = where.legend
+    emoji_row = image[legend_y + 2 * 22 : legend_y + 3 * 22, legend_x + 38 :]
+    assert _dark(emoji_row) > 10, "an emoji-only name left no mark"
+    if title:
+        assert _dark(image[10:40, where.plot[0] :]) > 50, "no title"

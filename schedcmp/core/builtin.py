@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from PIL import Image
 
 from .errors import ConfigError
+from .load import BUILTIN_SHAPES, SD15_SCHEDULER_CONFIG
 from .models.shapes import (
     ShapesDenoiser,
     ShapesTextEncoder,
@@ -18,23 +17,6 @@ from .models.shapes import (
 )
 from .pipeline import DenoisingPipeline
 from .schedulers import PNDMScheduler
-
-BUILTIN_SHAPES = "builtin:shapes"
-
-# The scheduler_config.json shipped with Stable Diffusion 1.5: builtin:shapes trains on the same schedule.
-SD15_SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
 
 
 class ShapesPipeline(DenoisingPipeline):

@@ -5,14 +5,32 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .builtin import BUILTIN_SHAPES, SD15_SCHEDULER_CONFIG, ShapesPipeline
 from .errors import ConfigError, WeightsError
-from .pipeline import DenoisingPipeline, StableDiffusionPipeline
 from .schedulers import SchedulerMixin
+
+if TYPE_CHECKING:  # the pipelines load only when a model does, so listing schedulers starts fast
+    from .pipeline import DenoisingPipeline
+
+BUILTIN_SHAPES = "builtin:shapes"
+
+# The scheduler_config.json shipped with Stable Diffusion 1.5: builtin:shapes trains on the same schedule.
+SD15_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a pipeline needs from a hub repository: configs, tokenizer files and safetensors weights only.
@@ -62,6 +80,9 @@ def load_pipeline(
     clip_skip: int | None = None,
 ) -> DenoisingPipeline:
     """The pipeline for ``builtin:shapes``, a diffusers folder or a hub id, on ``device`` in ``dtype``."""
+    from .builtin import ShapesPipeline
+    from .pipeline import StableDiffusionPipeline
+
     if model == BUILTIN_SHAPES:
         if clip_skip:
             raise ConfigError(f"clip_skip applies to models with a CLIP text encoder; {BUILTIN_SHAPES} has none")
