@@ -204,7 +204,7 @@ def test_real_config_keys_are_read_without_warnings():
             5,
             "hidden_size=768 is not supported with num_attention_heads=5; the hidden size must split evenly into heads",
         ),
-        ("num_hidden_layers", 0, "num_hidden_layers=0 is not supported; expected a positive integer"),
+        ("num_hidden_layers", 0, "CLIPTextConfig: num_hidden_layers must be a whole number >= 1; got 0"),
     ],
 )
 def test_unsupported_config_values_are_refused(tmp_path, key, value, message):

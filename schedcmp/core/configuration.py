@@ -3,19 +3,29 @@
 ``@register_to_config`` records every argument of a decorated ``__init__`` (explicit or default) in a read-only
 ``config``; ``from_config`` rebuilds an object from such a mapping with diffusers' exact semantics, and
 ``save_config`` / ``load_config`` read and write the same ``*_config.json`` files diffusers does.
+
+Values are checked where they enter (``__init__``, ``load_config``, model config dataclasses) against their
+annotations: ``Literal`` choices, types, and ``Annotated[..., Range(...)]`` bounds (``PositiveInt``, ``Fraction`` ...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
+import math
+import numbers
 import types
 import typing
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+
+import numpy as np
+import torch
 
 from .errors import ConfigError, ConfigWarning
 
@@ -107,18 +117,221 @@ def literal_choices(annotation: Any) -> tuple[tuple[Any, ...], bool] | None:
     return None
 
 
-def check_choices(owner: str, init: Callable, values: Mapping[str, Any]) -> None:
-    """Reject a value outside its parameter's ``Literal`` choices with a message listing the allowed ones."""
-    for name, annotation in typing.get_type_hints(init).items():
+# ---------------------------------------------------------------------------------------------- value checking
+#
+# A config key's annotation is its schema: ``int``, ``float`` (ints accepted), ``bool``, ``str``, ``Literal[...]``,
+# ``X | None``, ``list[X]`` / ``tuple[X, ...]`` / ``Sequence[X]`` (a list or a tuple), ``np.ndarray`` /
+# ``torch.Tensor`` (numbers), a class (an instance of it), and ``Annotated[X, Range(...)]`` for bounds. A Range
+# bounds a number, or each number of the list or array it annotates. Other annotations are not checked.
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds on a number (or on each number of a list / array), declared as ``Annotated[int, Range(ge=1)]``.
+
+    ``ge`` / ``le`` are inclusive bounds, ``gt`` / ``lt`` exclusive ones; at most one of each pair.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ge is not None and self.gt is not None) or (self.le is not None and self.lt is not None):
+            raise TypeError("Range takes at most one lower bound (ge or gt) and one upper bound (le or lt)")
+
+    def contains(self, number: float) -> bool:
+        """Whether ``number`` lies within the bounds (NaN never does)."""
+        if math.isnan(number):
+            return False
+        return (
+            (self.ge is None or number >= self.ge)
+            and (self.gt is None or number > self.gt)
+            and (self.le is None or number <= self.le)
+            and (self.lt is None or number < self.lt)
+        )
+
+    def describe(self) -> str:
+        """The bounds in words: ``">= 1"``, ``"between 0 and 1 (exclusive)"``, ``">= 0 and < 1"``."""
+        lower = f">= {_number(self.ge)}" if self.ge is not None else ""
+        lower = f"> {_number(self.gt)}" if self.gt is not None else lower
+        upper = f"<= {_number(self.le)}" if self.le is not None else ""
+        upper = f"< {_number(self.lt)}" if self.lt is not None else upper
+        if lower and upper and (self.ge is None) == (self.le is None):
+            low, high = (self.ge, self.le) if self.ge is not None else (self.gt, self.lt)
+            return f"between {_number(low)} and {_number(high)}" + (" (exclusive)" if self.ge is None else "")
+        return " and ".join(bound for bound in (lower, upper) if bound)
+
+
+def _number(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else repr(bound)
+
+
+# The ranges config keys share; the signature names them (``num_train_timesteps: PositiveInt = 1000``).
+PositiveInt = Annotated[int, Range(ge=1)]  # a count: timesteps, channels, layers, solver order
+NonNegativeInt = Annotated[int, Range(ge=0)]  # an offset or an index: steps_offset, padding
+PositiveFloat = Annotated[float, Range(gt=0)]  # a scale: sigmas, epsilons, clipping ranges
+Fraction = Annotated[float, Range(ge=0, le=1)]  # a quantile or a proportion
+
+
+_SEQUENCE_ORIGINS = (list, tuple, Sequence)
+_ARRAY_TYPES = (np.ndarray, torch.Tensor)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _conforms(value: Any, annotation: Any, bounds: Range | None = None) -> bool:
+    """Whether ``value`` is allowed by ``annotation`` (and by ``bounds``, a Range from an enclosing Annotated)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        inner, *metadata = typing.get_args(annotation)
+        ranges = [m for m in metadata if isinstance(m, Range)]
+        return _conforms(value, inner, ranges[-1] if ranges else bounds)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, option, bounds) for option in typing.get_args(annotation))
+    if origin is Literal:
+        return any(value == c and type(value) is type(c) for c in typing.get_args(annotation))
+    if annotation is type(None) or annotation is None:
+        return value is None
+    if annotation is bool:
+        return _is_bool(value)
+    if annotation is int:
+        ok = isinstance(value, numbers.Integral) and not _is_bool(value)
+        return ok and (bounds is None or bounds.contains(int(value)))
+    if annotation is float:
+        ok = isinstance(value, numbers.Real) and not _is_bool(value)
+        return ok and (bounds is None or bounds.contains(float(value)))
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in _SEQUENCE_ORIGINS:
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = typing.get_args(annotation)
+        if origin is not tuple or (len(args) == 2 and args[1] is Ellipsis):
+            item = args[0] if args else Any
+            return all(_conforms(v, item, bounds) for v in value)
+        return len(value) == len(args) and all(_conforms(v, a, bounds) for v, a in zip(value, args, strict=True))
+    if annotation in _ARRAY_TYPES:
+        if not isinstance(value, annotation):
+            return False
+        array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+            return False
+        return bounds is None or all(bounds.contains(float(v)) for v in array.reshape(-1))
+    if isinstance(annotation, type) and annotation is not object:
+        return isinstance(value, annotation)
+    return True  # Any, TypeVars and other annotations are not checked
+
+
+def _describe(annotation: Any, bounds: Range | None = None, plural: bool = False) -> str:
+    """What ``annotation`` allows, in words: ``"a whole number >= 1"``, ``"a list of strings or None"``."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        inner, *metadata = typing.get_args(annotation)
+        ranges = [m for m in metadata if isinstance(m, Range)]
+        return _describe(inner, ranges[-1] if ranges else bounds, plural)
+    if origin in (typing.Union, types.UnionType):
+        options = [o for o in typing.get_args(annotation) if o is not type(None)]
+        words: list[str] = []
+        for word in (_describe(option, bounds, plural) for option in options):
+            items = word.removeprefix("an array of ")
+            if word.startswith("an array of ") and f"a list of {items}" in words:
+                word = f"a list or array of {items}"  # one phrase for a list or an array of the same numbers
+                words[words.index(f"a list of {items}")] = word
+            elif word not in words and f"a list or array of {items}" not in words:
+                words.append(word)
+        if len(options) < len(typing.get_args(annotation)):
+            words.append("None")
+        return " or ".join(words)
+    if annotation is type(None) or annotation is None:
+        return "None"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(annotation))
+    suffix = f" {bounds.describe()}" if bounds is not None and bounds.describe() else ""
+    if annotation is bool:
+        return "True or False"
+    if annotation is int:
+        return ("whole numbers" if plural else "a whole number") + suffix
+    if annotation is float:
+        return ("numbers" if plural else "a number") + suffix
+    if annotation is str:
+        return "strings" if plural else "a string"
+    if origin in _SEQUENCE_ORIGINS:
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis] or [Any]
+        return "a list of " + _describe(args[0], bounds, plural=True)
+    if annotation in _ARRAY_TYPES:
+        return "an array of numbers" + suffix
+    if isinstance(annotation, type):
+        return f"{'instances' if plural else 'an instance'} of {annotation.__name__}"
+    return "values" if plural else "a value"
+
+
+@functools.cache
+def schema_of(schema: Callable | type) -> dict[str, Any]:
+    """The annotations, ``Annotated`` markers kept, of an ``__init__`` or of a (dataclass) class's fields."""
+    if not (inspect.isfunction(schema) or inspect.isclass(schema)):
+        return {}  # object.__init__ and other built-ins declare no keys
+    hints = typing.get_type_hints(schema, include_extras=True)
+    hints.pop("return", None)
+    return hints
+
+
+def check_values(owner: str, schema: Callable | type, values: Mapping[str, Any]) -> None:
+    """Reject a value its annotation does not allow, naming ``owner``, the key, what is allowed and the value.
+
+    ``schema`` is an ``__init__`` (the signature is the schema) or a config dataclass; keys of ``values`` it does
+    not annotate are not checked. ``Literal`` choices are listed as ``must be one of 'a', 'b'``.
+    """
+    for name, annotation in schema_of(schema).items():
+        if name not in values or _conforms(values[name], annotation):
+            continue
         choices = literal_choices(annotation)
-        if choices is None or name not in values:
-            continue
-        allowed, none_ok = choices
-        value = values[name]
-        if (value is None and none_ok) or any(value == c and type(value) is type(c) for c in allowed):
-            continue
-        listed = ", ".join(repr(c) for c in allowed) + (", None" if none_ok else "")
-        raise ConfigError(f"{owner}: {name} must be one of {listed}; got {value!r}")
+        if choices is not None:
+            allowed = "one of " + ", ".join(repr(c) for c in choices[0]) + (", None" if choices[1] else "")
+        else:
+            allowed = _describe(annotation)
+        raise ConfigError(f"{owner}: {name} must be {allowed}; got {_shown(values[name], annotation)}")
+
+
+def check_fields(config: Any) -> None:
+    """Check every field of a config dataclass instance against its annotation (call it from ``__post_init__``)."""
+    values = {name: getattr(config, name) for name in schema_of(type(config)) if hasattr(config, name)}
+    check_values(type(config).__name__, type(config), values)
+
+
+def _shown(value: Any, annotation: Any) -> str:
+    """A bad value as the message shows it: the first bad entry of an allowed kind of list or array, else the value
+    (cut short: a message is one line)."""
+    if isinstance(value, (list, tuple, *_ARRAY_TYPES)) and len(value) > 1:
+        entries = value.tolist() if isinstance(value, _ARRAY_TYPES) else value
+
+        def alone(*items: Any) -> Any:  # a container of the value's kind holding only ``items``
+            if isinstance(value, torch.Tensor):
+                return torch.tensor(items, dtype=value.dtype)
+            return np.asarray(items, dtype=value.dtype) if isinstance(value, np.ndarray) else type(value)(items)
+
+        if _conforms(alone(), annotation):  # the kind of container is right: point at the entry that is not
+            for index, entry in enumerate(entries):
+                if not _conforms(alone(entry), annotation):
+                    return f"{entry!r} at index {index}"
+        value = entries
+    text = repr(value)
+    return text if len(text) <= 120 else text[:100] + " ... " + text[-12:]
+
+
+@contextlib.contextmanager
+def config_source(source: str | Path | None) -> Iterator[None]:
+    """Within the block, a ConfigError's message starts with ``source:`` (the file a bad value was read from)."""
+    if source is None:
+        yield
+        return
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def register_to_config(init: Callable) -> Callable:
@@ -141,7 +354,7 @@ def register_to_config(init: Callable) -> Callable:
         given = {k: v for k, v in kwargs.items() if not k.startswith("_")}
         given.update(zip(defaults, args, strict=False))  # positional arguments
         values = {name: given.get(name, default) for name, default in defaults.items()}
-        check_choices(type(self).__name__, init, values)
+        check_values(type(self).__name__, init, values)
         defaulted = sorted(set(defaults) - set(given))
         if defaulted:
             values["_use_default_values"] = defaulted
@@ -238,7 +451,11 @@ class ConfigMixin:
 
     @classmethod
     def load_config(cls, path: str | Path, subfolder: str | None = None) -> dict[str, Any]:
-        """Read ``<path>[/<subfolder>]/<config_name>`` (or the JSON file ``path`` itself) into a dict."""
+        """Read ``<path>[/<subfolder>]/<config_name>`` (or the JSON file ``path`` itself) into a dict.
+
+        The values are checked against the signature of the class the file names (``_class_name``, when it is
+        this class or one of its compatibles; else this class): a bad one is a ConfigError starting with the file.
+        """
         path = Path(path)
         if subfolder:
             path = path / subfolder
@@ -248,12 +465,18 @@ class ConfigMixin:
             raise ConfigError(f"cannot load {cls.__name__} config: {where}")
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise ConfigError(f"cannot read {file}: {err.strerror}") from None
         except json.JSONDecodeError as err:
             raise ConfigError(f"{file}:{err.lineno}: not valid JSON ({err.msg})") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{file}: not a UTF-8 text file; expected a JSON config") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: expected a JSON object, found {type(data).__name__}")
+        named = data.get("_class_name")
+        owner = next((c for c in cls.compatible_classes() if c.__name__ == named), cls)
+        with config_source(file):
+            check_values(owner.__name__, owner.__init__, data)
         return data
 
     def to_json_string(self) -> str:

@@ -10,20 +10,20 @@ saved a ``position_ids`` buffer that carries no weights.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configuration import PositiveFloat, PositiveInt, check_fields, config_source
 from ..errors import ConfigError, ConfigWarning
+from .layers import read_json_config
 
-HiddenAct = Literal["quick_gelu", "gelu"]
 HIDDEN_ACTS: tuple[str, ...] = ("quick_gelu", "gelu")  # SD 1.x (OpenAI CLIP) and SD 2.x (OpenCLIP)
 
 # Keys that must keep a neutral value: training-only, or features this encoder does not implement.
@@ -64,20 +64,17 @@ _LEGACY_POSITION_IDS = "text_model.embeddings.position_ids"
 class CLIPTextConfig:
     """The shape of a CLIP text transformer: transformers' ``CLIPTextConfig`` keys that change the forward pass."""
 
-    vocab_size: int = 49408
-    hidden_size: int = 512
-    intermediate_size: int = 2048
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 8
-    max_position_embeddings: int = 77
-    hidden_act: HiddenAct = "quick_gelu"
-    layer_norm_eps: float = 1e-5
+    vocab_size: PositiveInt = 49408
+    hidden_size: PositiveInt = 512
+    intermediate_size: PositiveInt = 2048
+    num_hidden_layers: PositiveInt = 12
+    num_attention_heads: PositiveInt = 8
+    max_position_embeddings: PositiveInt = 77
+    hidden_act: str = "quick_gelu"  # transformers takes any activation name; we build HIDDEN_ACTS (checked below)
+    layer_norm_eps: PositiveFloat = 1e-5
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"{field.name}={value!r} is not supported; expected a positive integer")
+        check_fields(self)
         if self.hidden_act not in HIDDEN_ACTS:
             raise ConfigError(
                 f"hidden_act={self.hidden_act!r} is not supported; only 'quick_gelu' (SD 1.x) and 'gelu' (SD 2.x)"
@@ -90,32 +87,27 @@ class CLIPTextConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], source: str = "text encoder config") -> CLIPTextConfig:
-        """Keep the keys this encoder uses; refuse non-neutral unsupported ones; warn about unknown ones."""
-        for key, (neutral, reason) in _NEUTRAL.items():
-            if key in config and config[key] != neutral:
-                raise ConfigError(f"{source}: {key}={config[key]!r} is not supported; only {neutral!r} ({reason})")
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - names - set(_NEUTRAL) - _INFORMATIONAL)
-        if unknown:
-            warnings.warn(f"{source}: ignoring unknown keys {unknown}", ConfigWarning, stacklevel=2)
-        try:
+        """Keep the keys this encoder uses; refuse non-neutral unsupported ones; warn about unknown ones.
+
+        Every error and warning starts with ``source`` (the file, when read by ``from_file``).
+        """
+        with config_source(source):
+            for key, (neutral, reason) in _NEUTRAL.items():
+                if key in config and config[key] != neutral:
+                    raise ConfigError(f"{key}={config[key]!r} is not supported; only {neutral!r} ({reason})")
+            names = {field.name for field in dataclasses.fields(cls)}
+            unknown = sorted(set(config) - names - set(_NEUTRAL) - _INFORMATIONAL)
+            if unknown:
+                warnings.warn(f"{source}: ignoring unknown keys {unknown}", ConfigWarning, stacklevel=2)
             return cls(**{key: value for key, value in config.items() if key in names})
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> CLIPTextConfig:
-        """Read a text encoder's ``config.json``."""
+        """Read a text encoder's ``config.json``; an error in it is a ConfigError starting with the file."""
         path = Path(path)
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path} is missing: a CLIP text encoder needs its config.json") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path} is not valid JSON ({err})") from None
-        if not isinstance(config, dict):
-            raise ConfigError(f"{path} must hold a JSON object, found {type(config).__name__}")
-        return cls.from_dict(config, source=str(path))
+        if not path.exists():
+            raise ConfigError(f"{path} is missing: a CLIP text encoder needs its config.json")
+        return cls.from_dict(read_json_config(path), source=str(path))
 
 
 def convert_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -32,7 +32,9 @@ def read_json_config(path: str | Path) -> dict[str, Any]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; expected a JSON config") from None
+    except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON ({err})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a JSON object, not {type(raw).__name__}")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..configuration import NonNegativeInt, PositiveFloat, PositiveInt, check_fields, config_source
 from .layers import (
     Downsample2D,
     ResnetBlock2D,
@@ -74,28 +75,30 @@ class UNet2DConditionConfig:
     ``upcast_attention`` (SD 2.1) needs no work: SDPA accumulates the scores and softmax in fp32.
     """
 
-    sample_size: int | None = None
-    in_channels: int = 4
-    out_channels: int = 4
+    sample_size: PositiveInt | None = None
+    in_channels: PositiveInt = 4
+    out_channels: PositiveInt = 4
     center_input_sample: bool = False
     flip_sin_to_cos: bool = True
-    freq_shift: int = 0
+    freq_shift: NonNegativeInt = 0
     down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
     up_block_types: tuple[str, ...] = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
-    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
-    layers_per_block: int | tuple[int, ...] = 2
-    downsample_padding: int = 1
-    mid_block_scale_factor: float = 1.0
+    block_out_channels: tuple[PositiveInt, ...] = (320, 640, 1280, 1280)
+    layers_per_block: PositiveInt | tuple[PositiveInt, ...] = 2
+    downsample_padding: NonNegativeInt = 1
+    mid_block_scale_factor: PositiveFloat = 1.0
     act_fn: str = "silu"
-    norm_num_groups: int = 32
-    norm_eps: float = 1e-5
-    cross_attention_dim: int = 1280
-    transformer_layers_per_block: int = 1
-    attention_head_dim: int | tuple[int, ...] = 8
+    norm_num_groups: PositiveInt = 32
+    norm_eps: PositiveFloat = 1e-5
+    # diffusers also takes one value per block for these two; an SD 1.x / 2.x UNet has one (checked below)
+    cross_attention_dim: PositiveInt | tuple[PositiveInt, ...] = 1280
+    transformer_layers_per_block: PositiveInt | tuple[PositiveInt, ...] = 1
+    attention_head_dim: PositiveInt | tuple[PositiveInt, ...] = 8
     use_linear_projection: bool = False
-    upcast_attention: bool = False
+    upcast_attention: bool | None = False  # SDXL's config.json writes null
 
     def __post_init__(self) -> None:
+        check_fields(self)
         n = len(self.block_out_channels)
         for key, allowed in (("down_block_types", DOWN_BLOCK_TYPES), ("up_block_types", UP_BLOCK_TYPES)):
             value = getattr(self, key)
@@ -107,7 +110,7 @@ class UNet2DConditionConfig:
                 raise unsupported_value(COMPONENT, key, value, f"expected {n} entries, one per block_out_channels")
         if self.act_fn not in ("silu", "swish"):
             raise unsupported_value(COMPONENT, "act_fn", self.act_fn, f"expected one of {one_of(('silu', 'swish'))}")
-        for key in ("norm_num_groups", "cross_attention_dim", "transformer_layers_per_block"):
+        for key in ("cross_attention_dim", "transformer_layers_per_block"):
             if not isinstance(getattr(self, key), int):
                 raise unsupported_value(COMPONENT, key, getattr(self, key), "expected one integer for all blocks")
 
@@ -118,8 +121,10 @@ class UNet2DConditionConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> UNet2DConditionConfig:
-        """Read ``unet/config.json``."""
-        return cls.from_dict(read_json_config(path))
+        """Read ``unet/config.json``; an error in it is a ConfigError starting with the file."""
+        raw = read_json_config(path)
+        with config_source(path):
+            return cls.from_dict(raw)
 
     def per_block(self, key: str) -> tuple[Any, ...]:
         """A per-block setting given as one value or a list, as one value per down block."""

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configuration import PositiveFloat, PositiveInt, check_fields, config_source
 from .layers import (
     Attention,
     Downsample2D,
@@ -47,23 +48,24 @@ class AutoencoderKLConfig:
     asks the pipeline to run the VAE in fp32 when the rest runs in fp16.
     """
 
-    in_channels: int = 3
-    out_channels: int = 3
+    in_channels: PositiveInt = 3
+    out_channels: PositiveInt = 3
     down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",)
     up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",)
-    block_out_channels: tuple[int, ...] = (64,)
-    layers_per_block: int = 1
+    block_out_channels: tuple[PositiveInt, ...] = (64,)
+    layers_per_block: PositiveInt = 1
     act_fn: str = "silu"
-    latent_channels: int = 4
-    norm_num_groups: int = 32
-    sample_size: int | tuple[int, ...] = 32
-    scaling_factor: float = 0.18215
+    latent_channels: PositiveInt = 4
+    norm_num_groups: PositiveInt = 32
+    sample_size: PositiveInt | tuple[PositiveInt, ...] = 32
+    scaling_factor: PositiveFloat = 0.18215
     force_upcast: bool = True
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self)
         n = len(self.block_out_channels)
         for key, allowed in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
             value = getattr(self, key)
@@ -73,8 +75,6 @@ class AutoencoderKLConfig:
                 raise unsupported_value(COMPONENT, key, value, f"expected {n} entries, one per block_out_channels")
         if self.act_fn not in ("silu", "swish"):
             raise unsupported_value(COMPONENT, "act_fn", self.act_fn, f"expected one of {one_of(('silu', 'swish'))}")
-        if not isinstance(self.layers_per_block, int):
-            raise unsupported_value(COMPONENT, "layers_per_block", self.layers_per_block, "expected one integer")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> AutoencoderKLConfig:
@@ -83,8 +83,10 @@ class AutoencoderKLConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> AutoencoderKLConfig:
-        """Read ``vae/config.json``."""
-        return cls.from_dict(read_json_config(path))
+        """Read ``vae/config.json``; an error in it is a ConfigError starting with the file."""
+        raw = read_json_config(path)
+        with config_source(path):
+            return cls.from_dict(raw)
 
 
 # ---------------------------------------------------------------------------------------------- legacy checkpoints

@@ -6,16 +6,15 @@ ancestral one. Zero-terminal-SNR rescaling follows Lin et al. 2023 (arXiv:2305.0
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, register_to_config
 from ..errors import ConfigError
 from .base import SchedulerOutput, randn_tensor
-from .schedules import BetaSchedule, make_betas
+from .schedules import Beta, BetaSchedule, TrainedBetas, make_betas
 from .vp import PredictionType, VPScheduler, alpha_bars_at, check_thresholding, predicted_x0, training_timesteps
 
 
@@ -31,19 +30,19 @@ class DDIMScheduler(VPScheduler):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
+        num_train_timesteps: PositiveInt = 1000,
+        beta_start: Beta = 0.0001,
+        beta_end: Beta = 0.02,
         beta_schedule: BetaSchedule = "linear",
-        trained_betas: Sequence[float] | np.ndarray | None = None,
+        trained_betas: TrainedBetas | None = None,
         clip_sample: bool = True,
         set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
+        steps_offset: NonNegativeInt = 0,
         prediction_type: PredictionType = "epsilon",
         thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        clip_sample_range: float = 1.0,
-        sample_max_value: float = 1.0,
+        dynamic_thresholding_ratio: Fraction = 0.995,
+        clip_sample_range: PositiveFloat = 1.0,
+        sample_max_value: PositiveFloat = 1.0,
         timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading",
         rescale_betas_zero_snr: bool = False,
     ) -> None:

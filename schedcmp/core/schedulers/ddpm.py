@@ -12,10 +12,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, register_to_config
 from ..errors import ConfigError
 from .base import SchedulerOutput, randn_tensor, step_scalars
-from .schedules import TimestepSpacing, make_betas
+from .schedules import Beta, TimestepSpacing, TrainedBetas, make_betas
 from .vp import PredictionType, VPScheduler, alpha_bars_at, check_thresholding, predicted_x0, training_timesteps
 
 VarianceType = Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"]
@@ -35,20 +35,20 @@ class DDPMScheduler(VPScheduler):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
+        num_train_timesteps: PositiveInt = 1000,
+        beta_start: Beta = 0.0001,
+        beta_end: Beta = 0.02,
         beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"] = "linear",
-        trained_betas: Sequence[float] | np.ndarray | None = None,
+        trained_betas: TrainedBetas | None = None,
         variance_type: VarianceType = "fixed_small",
         clip_sample: bool = True,
         prediction_type: PredictionType = "epsilon",
         thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        clip_sample_range: float = 1.0,
-        sample_max_value: float = 1.0,
+        dynamic_thresholding_ratio: Fraction = 0.995,
+        clip_sample_range: PositiveFloat = 1.0,
+        sample_max_value: PositiveFloat = 1.0,
         timestep_spacing: TimestepSpacing = "leading",
-        steps_offset: int = 0,
+        steps_offset: NonNegativeInt = 0,
         rescale_betas_zero_snr: bool = False,
     ) -> None:
         check_thresholding("DDPMScheduler", thresholding, dynamic_thresholding_ratio)

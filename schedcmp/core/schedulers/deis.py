@@ -12,10 +12,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, register_to_config
 from .base import SchedulerOutput
 from .multistep import MultistepScheduler
-from .schedules import BetaSchedule, TimestepSpacing
+from .schedules import Beta, BetaSchedule, TimestepSpacing, TrainedBetas
 from .vp import SolverPredictionType, reject_flow_options
 
 
@@ -27,16 +27,16 @@ class DEISMultistepScheduler(MultistepScheduler):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
+        num_train_timesteps: PositiveInt = 1000,
+        beta_start: Beta = 0.0001,
+        beta_end: Beta = 0.02,
         beta_schedule: BetaSchedule = "linear",
-        trained_betas: np.ndarray | list[float] | None = None,
-        solver_order: int = 2,
+        trained_betas: TrainedBetas | None = None,
+        solver_order: PositiveInt = 2,
         prediction_type: SolverPredictionType = "epsilon",
         thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
+        dynamic_thresholding_ratio: Fraction = 0.995,
+        sample_max_value: PositiveFloat = 1.0,
         algorithm_type: Literal["deis", "dpmsolver", "dpmsolver++"] = "deis",
         solver_type: Literal["logrho", "midpoint", "heun", "bh1", "bh2"] = "logrho",
         lower_order_final: bool = True,
@@ -44,9 +44,9 @@ class DEISMultistepScheduler(MultistepScheduler):
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
         use_flow_sigmas: bool = False,
-        flow_shift: float = 1.0,
+        flow_shift: PositiveFloat = 1.0,
         timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
+        steps_offset: NonNegativeInt = 0,
         use_dynamic_shifting: bool = False,
         time_shift_type: Literal["exponential"] = "exponential",
     ) -> None:

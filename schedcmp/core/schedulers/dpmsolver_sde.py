@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import NonNegativeInt, PositiveInt, register_to_config
 from .base import SchedulerOutput, randn_tensor
-from .schedules import BetaSchedule, TimestepSpacing, sigma_to_t
+from .schedules import Beta, BetaSchedule, TimestepSpacing, TrainedBetas, sigma_to_t
 from .sigma_space import (
     Device,
     SigmaSchedule,
@@ -102,18 +101,18 @@ class DPMSolverSDEScheduler(TwoStageScheduler):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
+        num_train_timesteps: PositiveInt = 1000,
+        beta_start: Beta = 0.00085,
+        beta_end: Beta = 0.012,
         beta_schedule: BetaSchedule = "linear",
-        trained_betas: Sequence[float] | None = None,
+        trained_betas: TrainedBetas | None = None,
         prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
         noise_sampler_seed: int | None = None,
         timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
+        steps_offset: NonNegativeInt = 0,
     ) -> None:
         # prediction_type "sample" is refused here: diffusers accepts it but raises NotImplementedError in step.
         self.noise_sampler: BrownianNoiseSampler | None = None

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import Fraction, PositiveFloat, PositiveInt, register_to_config
 from .base import SchedulerOutput, randn_tensor
 from .dpmsolver import DPMSolverScheduler, SolverType, apply_update, check_common_options
-from .schedules import BetaSchedule, chosen_sigma_grid
+from .schedules import Beta, BetaSchedule, TrainedBetas, chosen_sigma_grid
 from .vp import SolverPredictionType
 
 # diffusers accepts "deis" so DEIS configs load, and maps it to DPM-Solver++.
@@ -30,16 +30,16 @@ class DPMSolverSinglestepScheduler(DPMSolverScheduler):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
+        num_train_timesteps: PositiveInt = 1000,
+        beta_start: Beta = 0.0001,
+        beta_end: Beta = 0.02,
         beta_schedule: BetaSchedule = "linear",
-        trained_betas: Sequence[float] | None = None,
+        trained_betas: TrainedBetas | None = None,
         solver_order: Literal[1, 2, 3] = 2,
         prediction_type: SolverPredictionType = "epsilon",
         thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
+        dynamic_thresholding_ratio: Fraction = 0.995,
+        sample_max_value: PositiveFloat = 1.0,
         algorithm_type: AlgorithmType = "dpmsolver++",
         solver_type: SolverType = "midpoint",
         lower_order_final: bool = False,
@@ -47,7 +47,7 @@ class DPMSolverSinglestepScheduler(DPMSolverScheduler):
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
         use_flow_sigmas: bool = False,
-        flow_shift: float = 1.0,
+        flow_shift: PositiveFloat = 1.0,
         final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
         lambda_min_clipped: float = -float("inf"),
         variance_type: str | None = None,

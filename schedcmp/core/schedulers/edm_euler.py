@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import PositiveFloat, PositiveInt, register_to_config
 from ..errors import ConfigError
 from .base import Scalars, SchedulerMixin, SchedulerOutput, cast, step_scalars
 from .schedules import check_num_inference_steps, karras_ramp
@@ -33,13 +33,13 @@ class EDMEulerScheduler(SigmaScheduler):
     @register_to_config
     def __init__(
         self,
-        sigma_min: float = 0.002,
-        sigma_max: float = 80.0,
-        sigma_data: float = 0.5,
+        sigma_min: PositiveFloat = 0.002,
+        sigma_max: PositiveFloat = 80.0,
+        sigma_data: PositiveFloat = 0.5,
         sigma_schedule: Literal["karras", "exponential"] = "karras",
-        num_train_timesteps: int = 1000,
+        num_train_timesteps: PositiveInt = 1000,
         prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
-        rho: float = 7.0,
+        rho: PositiveFloat = 7.0,
         final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
     ) -> None:
         self.num_inference_steps: int | None = None

@@ -12,12 +12,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import NonNegativeInt, PositiveFloat, PositiveInt, register_to_config
 from ..errors import ConfigError
 from .base import SchedulerOutput, cast
 from .schedules import (
+    Beta,
     BetaSchedule,
     TimestepSpacing,
+    TrainedBetas,
     check_sigma_grid_choice,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
@@ -45,21 +47,21 @@ class EulerDiscreteScheduler(SigmaScheduler):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
+        num_train_timesteps: PositiveInt = 1000,
+        beta_start: Beta = 0.0001,
+        beta_end: Beta = 0.02,
         beta_schedule: BetaSchedule = "linear",
-        trained_betas: Sequence[float] | None = None,
+        trained_betas: TrainedBetas | None = None,
         prediction_type: Literal["epsilon", "sample", "v_prediction", "original_sample"] = "epsilon",
         interpolation_type: Literal["linear", "log_linear"] = "linear",
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
-        sigma_min: float | None = None,
-        sigma_max: float | None = None,
+        sigma_min: PositiveFloat | None = None,
+        sigma_max: PositiveFloat | None = None,
         timestep_spacing: TimestepSpacing = "linspace",
         timestep_type: Literal["discrete", "continuous"] = "discrete",
-        steps_offset: int = 0,
+        steps_offset: NonNegativeInt = 0,
         rescale_betas_zero_snr: bool = False,
         final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
     ) -> None:

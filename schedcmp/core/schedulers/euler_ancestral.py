@@ -6,14 +6,13 @@ Generative Modeling through SDEs", arXiv:2011.13456) applied in the sigma space 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import NonNegativeInt, PositiveInt, register_to_config
 from .base import SchedulerOutput, cast, randn_tensor, step_scalars
-from .schedules import BetaSchedule, TimestepSpacing
+from .schedules import Beta, BetaSchedule, TimestepSpacing, TrainedBetas
 from .sigma_space import (
     SigmaScheduler,
     init_noise_sigma_of,
@@ -35,14 +34,14 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
+        num_train_timesteps: PositiveInt = 1000,
+        beta_start: Beta = 0.0001,
+        beta_end: Beta = 0.02,
         beta_schedule: BetaSchedule = "linear",
-        trained_betas: Sequence[float] | None = None,
+        trained_betas: TrainedBetas | None = None,
         prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
         timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
+        steps_offset: NonNegativeInt = 0,
         rescale_betas_zero_snr: bool = False,
     ) -> None:
         self.alphas_cumprod = train_alphas_cumprod(self.config, rescale_betas_zero_snr)

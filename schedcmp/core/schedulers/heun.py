@@ -12,10 +12,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import NonNegativeInt, PositiveFloat, PositiveInt, register_to_config
 from ..errors import ConfigError
 from .base import SchedulerOutput, step_scalars
-from .schedules import TimestepSpacing
+from .schedules import Beta, TimestepSpacing, TrainedBetas
 from .sigma_space import (
     Device,
     SigmaSchedule,
@@ -37,19 +37,19 @@ class HeunDiscreteScheduler(TwoStageScheduler):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
+        num_train_timesteps: PositiveInt = 1000,
+        beta_start: Beta = 0.00085,
+        beta_end: Beta = 0.012,
         beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "exp"] = "linear",
-        trained_betas: Sequence[float] | None = None,
+        trained_betas: TrainedBetas | None = None,
         prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon",
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
         clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
+        clip_sample_range: PositiveFloat = 1.0,
         timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
+        steps_offset: NonNegativeInt = 0,
     ) -> None:
         self._stage_derivative: torch.Tensor | None = None
         self._clip_range = clip_sample_range if clip_sample else None  # read by every step

@@ -7,14 +7,13 @@ as k-diffusion's ``sample_dpm_2`` writes it: the midpoint is the geometric mean 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import NonNegativeInt, PositiveInt, register_to_config
 from .base import SchedulerOutput, step_scalars
-from .schedules import BetaSchedule, TimestepSpacing, sigma_to_t_float32
+from .schedules import Beta, BetaSchedule, TimestepSpacing, TrainedBetas, sigma_to_t_float32
 from .sigma_space import Device, SigmaSchedule, TwoStageScheduler, interleave_midpoints, kdpm2_layout, with_final_sigma
 
 
@@ -30,17 +29,17 @@ class KDPM2DiscreteScheduler(TwoStageScheduler):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
+        num_train_timesteps: PositiveInt = 1000,
+        beta_start: Beta = 0.00085,
+        beta_end: Beta = 0.012,
         beta_schedule: BetaSchedule = "linear",
-        trained_betas: Sequence[float] | None = None,
+        trained_betas: TrainedBetas | None = None,
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
         prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
         timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
+        steps_offset: NonNegativeInt = 0,
     ) -> None:
         # prediction_type "sample" is refused here: diffusers accepts it but raises NotImplementedError in step.
         self._setup()

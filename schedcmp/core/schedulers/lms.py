@@ -8,18 +8,19 @@ polynomial) and computed in ``set_timesteps``; diffusers calls ``scipy.integrate
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import NonNegativeInt, PositiveInt, register_to_config
 from ..errors import ConfigError
 from .base import SchedulerOutput
 from .schedules import (
+    Beta,
     BetaSchedule,
     TimestepSpacing,
+    TrainedBetas,
     check_sigma_grid_choice,
     chosen_sigma_grid,
 )
@@ -67,17 +68,17 @@ class LMSDiscreteScheduler(SigmaScheduler):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
+        num_train_timesteps: PositiveInt = 1000,
+        beta_start: Beta = 0.0001,
+        beta_end: Beta = 0.02,
         beta_schedule: BetaSchedule = "linear",
-        trained_betas: Sequence[float] | None = None,
+        trained_betas: TrainedBetas | None = None,
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
         prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon",
         timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
+        steps_offset: NonNegativeInt = 0,
     ) -> None:
         check_sigma_grid_choice(type(self).__name__, self.config)
         self.alphas_cumprod = train_alphas_cumprod(self.config)

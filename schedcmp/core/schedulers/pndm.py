@@ -7,16 +7,15 @@ the cheaper start of the PLMS sampler Stable Diffusion uses (one step, then a He
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import NonNegativeInt, PositiveInt, register_to_config
 from ..errors import ConfigError
 from .base import SchedulerOutput, step_scalars
-from .schedules import BetaSchedule, TimestepSpacing, make_betas
+from .schedules import Beta, BetaSchedule, TimestepSpacing, TrainedBetas, make_betas
 from .vp import VPScheduler, alpha_bars_at, check_timesteps_in_range, training_timesteps
 
 # The numbers of the PRK and PLMS combinations, keyed by themselves, as 0-dim tensors (see ``step_scalars``): the
@@ -52,16 +51,16 @@ class PNDMScheduler(VPScheduler):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
+        num_train_timesteps: PositiveInt = 1000,
+        beta_start: Beta = 0.0001,
+        beta_end: Beta = 0.02,
         beta_schedule: BetaSchedule = "linear",
-        trained_betas: Sequence[float] | np.ndarray | None = None,
+        trained_betas: TrainedBetas | None = None,
         skip_prk_steps: bool = False,
         set_alpha_to_one: bool = False,
         prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
         timestep_spacing: TimestepSpacing = "leading",
-        steps_offset: int = 0,
+        steps_offset: NonNegativeInt = 0,
     ) -> None:
         self._set_training_schedule(make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas))
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]

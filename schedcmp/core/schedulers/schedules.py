@@ -9,14 +9,17 @@ bounds they read), the difference is a parameter here, never a second copy.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import torch
 
+from ..configuration import Range
 from ..errors import ConfigError
 
+Beta = Annotated[float, Range(gt=0, lt=1)]  # a noise rate beta_t of the training schedule
+TrainedBetas = Annotated[Sequence[float] | np.ndarray | torch.Tensor, Range(gt=0, lt=1)]  # each entry a Beta
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 TimestepSpacing = Literal["linspace", "leading", "trailing"]
 SigmaGrid = Literal["karras", "exponential", "beta"]

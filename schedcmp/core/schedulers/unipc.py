@@ -11,19 +11,33 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 
-from ..configuration import register_to_config
+from ..configuration import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, register_to_config
 from ..errors import ConfigError
 from .base import SchedulerMixin, SchedulerOutput
 from .multistep import MultistepScheduler
-from .schedules import BetaSchedule, TimestepSpacing
+from .schedules import Beta, BetaSchedule, TimestepSpacing, TrainedBetas
 from .vp import SolverPredictionType, reject_flow_options
 
 # Per step: (A, B, w, z) for x_next = A x - B m0 - sum_k w_k (m_k - m0) - z, where the corrector's last weight is
 # that of (m_new - m0) and z is diffusers' C(h) * 0 (NaN when C(h) is infinite). None where the solve is singular.
 Coefficients = tuple[float, float, list[float], float] | None
+
+
+def _solve_vandermonde(
+    big_r: torch.Tensor, g: torch.Tensor, nodes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve R rho = g row by row, R[j, k] = nodes[k]^j (Zhao et al. 2023, Sec. 3.2); also which rows are regular.
+
+    A row is singular when two of its finite nodes are equal (det R = prod_{k<l} (r_l - r_k) = 0). Rows with a
+    non-finite node (h = 0 at a repeated timestep) solve to NaN, the value diffusers' arithmetic gives there.
+    """
+    rho, _ = torch.linalg.solve_ex(big_r, g)  # LAPACK's own singularity flag is platform-dependent: not used
+    finite = nodes.isfinite().all(dim=1)
+    repeated = (nodes[:, :, None] == nodes[:, None, :]).sum(dim=(1, 2)) > nodes.shape[1]  # off-diagonal equals
+    rho = torch.where(finite[:, None], rho, torch.full_like(rho, torch.nan))
+    return rho, ~(finite & repeated)
 
 
 class UniPCMultistepScheduler(MultistepScheduler):
@@ -37,34 +51,34 @@ class UniPCMultistepScheduler(MultistepScheduler):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
+        num_train_timesteps: PositiveInt = 1000,
+        beta_start: Beta = 0.0001,
+        beta_end: Beta = 0.02,
         beta_schedule: BetaSchedule = "linear",
-        trained_betas: np.ndarray | list[float] | None = None,
-        solver_order: int = 2,
+        trained_betas: TrainedBetas | None = None,
+        solver_order: PositiveInt = 2,
         prediction_type: SolverPredictionType = "epsilon",
         thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
+        dynamic_thresholding_ratio: Fraction = 0.995,
+        sample_max_value: PositiveFloat = 1.0,
         predict_x0: bool = True,
         solver_type: Literal["bh1", "bh2", "midpoint", "heun", "logrho"] = "bh2",
         lower_order_final: bool = True,
-        disable_corrector: list[int] = [],  # noqa: B006 - diffusers' default, never mutated
+        disable_corrector: list[NonNegativeInt] = [],  # noqa: B006 - diffusers' default, never mutated
         solver_p: SchedulerMixin | None = None,
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
         use_flow_sigmas: bool = False,
-        flow_shift: float = 1.0,
+        flow_shift: PositiveFloat = 1.0,
         timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
+        steps_offset: NonNegativeInt = 0,
         final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
         rescale_betas_zero_snr: bool = False,
         use_dynamic_shifting: bool = False,
         time_shift_type: Literal["exponential"] = "exponential",
-        sigma_min: float | None = None,
-        sigma_max: float | None = None,
+        sigma_min: PositiveFloat | None = None,
+        sigma_max: PositiveFloat | None = None,
         shift_terminal: float | None = None,
     ) -> None:
         self._setup(rescale_betas_zero_snr, shift_terminal=(shift_terminal, None), solver_p=(solver_p, None))
@@ -132,16 +146,16 @@ class UniPCMultistepScheduler(MultistepScheduler):
 
         half = torch.full((len(i), 1), 0.5)  # diffusers fixes the weight at 0.5 where the system is 1x1
         ok = torch.ones(len(i), dtype=torch.bool)
+        # R is a Vandermonde matrix in the nodes r_k, singular exactly when two nodes are equal (a repeated timestep).
+        # That is decided here from the nodes, not from LAPACK's pivots, which on some CPUs come out tiny but non-zero.
         if p <= 2:
             rho_p, ok_p = half[:, : p - 1], ok
         else:
-            rho_p, info = torch.linalg.solve_ex(big_r[:, :-1, :-1], g[:, :-1])
-            ok_p = info == 0
+            rho_p, ok_p = _solve_vandermonde(big_r[:, :-1, :-1], g[:, :-1], rks[:, :-1])
         if p == 1:
             rho_c, ok_c = half, ok
         else:
-            rho_c, info = torch.linalg.solve_ex(big_r, g)
-            ok_c = info == 0
+            rho_c, ok_c = _solve_vandermonde(big_r, g, rks)
 
         lead, other = (sigma_t, alpha) if self.predict_x0 else (alpha, sigma_t)
         a = lead[i + 1] / lead[i]
