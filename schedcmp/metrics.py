@@ -7,7 +7,13 @@ import math
 import numpy as np
 import torch
 from PIL import Image
-from torchmetrics.functional.image import structural_similarity_index_measure
+
+# SSIM constants of Wang et al. 2004 (sec. III-C): an 11x11 circular-symmetric Gaussian window of standard deviation
+# 1.5 pixels, K1 = 0.01, K2 = 0.03, on pixels in [0, 1] (dynamic range L = 1).
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = 5  # 11 taps; the same size torchmetrics derives from sigma, 2 * int(3.5 * sigma + 0.5) + 1
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+SSIM_DATA_RANGE = 1.0
 
 
 def latent_rmse(latents: torch.Tensor, reference: torch.Tensor) -> float:
@@ -37,8 +43,47 @@ def psnr(image: Image.Image, reference: Image.Image) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
+def _gaussian_taps(radius: int = SSIM_RADIUS, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    """One-dimensional Gaussian weights at offsets -radius..radius, summing to one (Wang et al. 2004, sec. III-C)."""
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    taps = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return taps / taps.sum()
+
+
+def _windowed_mean(planes: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """Gaussian-weighted mean around every pixel of [H, W, C] planes; the edges are mirrored so the size is kept.
+
+    The 2-D window is the outer product of the 1-D taps, so it is applied as a pass down the rows and then one along
+    the columns. Mirroring leaves out the edge pixel itself (1 2 3 | 2 1), the way torch's 'reflect' padding does.
+    """
+    radius = len(taps) // 2
+    height, width = planes.shape[:2]
+    padded = np.pad(planes, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
+    down = sum(weight * padded[k : k + height] for k, weight in enumerate(taps))
+    return sum(weight * down[:, k : k + width] for k, weight in enumerate(taps))
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SSIM index at every pixel of each channel of two [H, W, C] arrays in [0, 1] (Wang et al. 2004, eq. 13)."""
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"SSIM compares two [H, W, C] arrays of one shape, not {a.shape} and {b.shape}")
+    height, width = a.shape[:2]
+    if min(height, width) <= SSIM_RADIUS:
+        side = SSIM_RADIUS + 1
+        raise ValueError(f"SSIM needs images of at least {side}x{side} pixels, so that its "
+                         f"{2 * SSIM_RADIUS + 1}x{2 * SSIM_RADIUS + 1} window can be mirrored at the edges; "
+                         f"got {width}x{height}")
+    taps = _gaussian_taps()
+    a, b = a.astype(np.float64, copy=False), b.astype(np.float64, copy=False)
+    mu_a, mu_b = _windowed_mean(a, taps), _windowed_mean(b, taps)
+    # local (co)variances as E[x y] - E[x] E[y]; rounding can push a variance just below zero, so it is clipped
+    var_a = np.maximum(_windowed_mean(a * a, taps) - mu_a * mu_a, 0.0)
+    var_b = np.maximum(_windowed_mean(b * b, taps) - mu_b * mu_b, 0.0)
+    cov_ab = _windowed_mean(a * b, taps) - mu_a * mu_b
+    c1, c2 = (SSIM_K1 * SSIM_DATA_RANGE) ** 2, (SSIM_K2 * SSIM_DATA_RANGE) ** 2
+    return ((2 * mu_a * mu_b + c1) * (2 * cov_ab + c2)) / ((mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2))
+
+
 def ssim(image: Image.Image, reference: Image.Image) -> float:
-    """Structural similarity (Wang et al. 2004, eq. 13; 11x11 Gaussian window, sigma 1.5) via torchmetrics."""
-    a, b = _checked_pair(image, reference)
-    as_batch = [torch.from_numpy(x).permute(2, 0, 1)[None] for x in (a, b)]  # [H, W, 3] -> [1, 3, H, W]
-    return float(structural_similarity_index_measure(*as_batch, data_range=1.0))
+    """Mean structural similarity over every pixel and RGB channel (Wang et al. 2004, eqs. 13 and 17)."""
+    return float(ssim_map(*_checked_pair(image, reference)).mean())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -63,9 +64,15 @@ def headless_chromium(tmp_path: Path) -> Callable[..., str]:
     if binary is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
 
+    # Chromium writes crash-report settings and dconf state under $HOME even with its own profile: keep all of it in
+    # tmp_path, so a test run leaves nothing behind in the user's home folder.
+    home = tmp_path / "home"
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+           "XDG_CACHE_HOME": str(home / ".cache"), "XDG_DATA_HOME": str(home / ".local" / "share")}
+
     def run(*args: str) -> str:
         command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                   "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+                   "--no-first-run", "--disable-breakpad", f"--user-data-dir={tmp_path / 'profile'}", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True, env=env).stdout
 
     return run

@@ -34,7 +34,8 @@ def chromium(tmp_path: Path):
 def schedcmp() -> Iterator[Callable[..., subprocess.CompletedProcess]]:
     """`schedcmp ARGS` in a working folder: each call a fresh process running the real entry point, forked from
     one that imported torch once (tests/cli_forks.py)."""
-    env = {**os.environ, "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"}
+    # CUDA_VISIBLE_DEVICES="": --device auto means the CPU on every machine, so a GPU box runs the same checks
+    env = {**os.environ, "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200", "CUDA_VISIBLE_DEVICES": ""}
     env.pop("SCHEDCMP_DEBUG", None)
     server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("cli_forks.py"))], env=env,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

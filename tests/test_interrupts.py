@@ -23,7 +23,7 @@ LONG_RUN = ("run", "--schedulers", ",".join(["euler", "dpm", "unipc"] * 8), "--s
 
 def start(cwd: Path, *args: str, **streams) -> subprocess.Popen:
     """`python -m schedcmp ARGS` in ``cwd``, stdout and stderr piped unless given."""
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "CUDA_VISIBLE_DEVICES": ""}  # auto = the CPU everywhere
     env.pop("SCHEDCMP_DEBUG", None)
     streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **streams}
     return subprocess.Popen([sys.executable, "-m", "schedcmp", *args], cwd=cwd, env=env, text=True, **streams)

@@ -15,13 +15,21 @@ from schedcmp.plan import build_plan
 CPU = torch.device("cpu")
 
 
+# The counter sees whatever tensors torch's dispatcher creates, which differs between torch versions (an op may be
+# decomposed, a scalar wrapped in a 0-d tensor): so these bound the peak instead of pinning a byte count.
+ONE = 1000 * 4  # bytes of one float32 tensor of 1000 elements
+
+
 def test_peak_counts_tensors_alive_at_the_same_time() -> None:
-    # ones (4000 B) is still alive while the product (4000 B) is written: 8000 B at the peak.
-    assert peak_call_bytes(lambda: torch.ones(1000) * 2, CPU) == 8000
+    # the ones are still alive while the product is written: at least both at the peak, and not a third copy
+    peak = peak_call_bytes(lambda: torch.ones(1000) * 2, CPU)
+    assert 2 * ONE <= peak < 3 * ONE
 
 
 def test_peak_does_not_count_views_twice() -> None:
-    assert peak_call_bytes(lambda: torch.ones(1000).view(10, 100).t(), CPU) == 4000
+    # a view and its transpose share the base's storage: counted once
+    peak = peak_call_bytes(lambda: torch.ones(1000).view(10, 100).t(), CPU)
+    assert ONE <= peak < 2 * ONE
 
 
 def test_peak_forgets_freed_intermediates() -> None:
@@ -31,7 +39,15 @@ def test_peak_forgets_freed_intermediates() -> None:
             x = x + 1  # each sum frees the previous one
         return x
 
-    assert peak_call_bytes(chain, CPU) == 8000
+    # two alive at a time (the operand and its sum), never the six of the chain
+    assert 2 * ONE <= peak_call_bytes(chain, CPU) < 3 * ONE
+
+
+def test_peak_counts_what_the_call_keeps_alive() -> None:
+    def keep_all() -> list[torch.Tensor]:
+        return [torch.ones(1000) for _ in range(5)]
+
+    assert 5 * ONE <= peak_call_bytes(keep_all, CPU) < 6 * ONE
 
 
 def test_peak_of_a_model_call_grows_with_the_batch() -> None:
@@ -67,7 +83,9 @@ def _plan(**overrides):
                              **overrides})
 
 
-def test_auto_max_batch_is_measured_and_reported() -> None:
+def test_auto_max_batch_is_measured_and_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    # with ample free memory (pinned: this machine's own free memory is not part of the test) every lane fits
+    monkeypatch.setattr(engine_module, "free_memory_bytes", lambda device: 2**40)
     report = Engine(ShapesPipeline(), _plan()).run()
     assert report.max_batch == 3
     assert report.max_batch_reason.startswith("auto: ")

@@ -198,7 +198,9 @@ def test_clip_skip_uses_an_earlier_text_encoder_layer(tiny) -> None:
     plain = load_pipeline(str(folder))
     ids = plain.tokenizer([PROMPT], max_length=77)
     cond, _ = skipping.encode_prompt(PROMPT, "")
-    assert torch.equal(cond, plain.text_encoder(ids, clip_skip=1))
+    # encode_prompt encodes [prompt, negative] as one batch of 2, this a batch of 1: the matrix products may sum in
+    # another order (BLAS blocking depends on the shape), so equal to float32 rounding, not bit for bit
+    torch.testing.assert_close(cond, plain.text_encoder(ids, clip_skip=1), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(cond, plain.encode_prompt(PROMPT, "")[0])
 
 
