@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import itertools
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -153,39 +155,245 @@ class _Located:
         return PlanError(self.prefix + message, self.path, line if self.path else None)
 
 
-def _node_lines(node: yaml.Node, prefix: tuple, lines: dict[tuple, int]) -> None:
-    lines[prefix] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = (*prefix, key_node.value)
-            _node_lines(value_node, key, lines)
-            lines[key] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _node_lines(item, (*prefix, index), lines)
+# A plan is a few dozen keys; these bounds keep a hostile or mistaken file from costing more than a moment.
+MAX_PLAN_BYTES = 1024 * 1024  # 1 MiB, checked before the file is read
+MAX_PLAN_DEPTH = 50  # lists and mappings inside each other, aliases expanded; a plan needs five at most
+# Values (keys, scalars, lists, mappings) with every alias expanded: no more than a file of the largest size can
+# write out without aliases, so aliases can never make a plan bigger than writing it out would.
+MAX_PLAN_VALUES = MAX_PLAN_BYTES
+_DIRECTORY_SCAN = 1000  # entries of a directory looked at for a YAML file to suggest
+_KEY_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:merge")  # text, and the << of a merge
+_READ_AS = {"int": "a number", "float": "a number", "bool": "true/false", "null": "null", "timestamp": "a date"}
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """PyYAML's safe loader whose value errors (a bad date, an over-long number) are YAML errors with a line."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """The Python value of ``node``; a value PyYAML cannot build is a ConstructorError at its line."""
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as err:  # ValueError (2020-02-30, a 5000-digit int), AttributeError (!!timestamp x), ...
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            why = f" ({_one_line(err)})" if isinstance(err, ValueError) else ""
+            message = f"cannot read {_shown(node)} as {tag}{why}"
+            raise yaml.constructor.ConstructorError(None, None, message, node.start_mark) from None
+
+
+class _Open:
+    """A list or mapping being composed: where it is, and what the bounds need to know about it."""
+
+    __slots__ = ("anchor", "first", "height", "key", "keys", "node", "prefix")
+
+    def __init__(self, node: yaml.CollectionNode, anchor: str | None, prefix: tuple, first: int):
+        self.node, self.anchor, self.prefix, self.first = node, anchor, prefix, first
+        self.height = 0  # of the tallest child so far (a scalar is 0, a list of scalars 1)
+        self.key: yaml.ScalarNode | None = None  # a mapping's key waiting for its value
+        self.keys: dict[str, int] = {}  # a mapping's keys so far -> their lines
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _shown(node: yaml.Node) -> str:
+    """A short description of a node for a message: a scalar's text (cut at 40 characters), else its kind."""
+    if isinstance(node, yaml.ScalarNode):
+        value = node.value if len(node.value) <= 40 else node.value[:40] + "..."
+        return repr(value)
+    return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+
+
+def _read_text(path: Path) -> str:
+    """The plan file's text: refused, in one line, when missing, a directory, unreadable, too big or not UTF-8."""
+    try:
+        with path.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_PLAN_BYTES:  # a regular file: refused before reading
+                raise _too_big(path, size)
+            data = stream.read(MAX_PLAN_BYTES + 1)  # a pipe or device has no size: read at most one byte too many
+    except (FileNotFoundError, NotADirectoryError):
+        raise PlanError(f"plan file {path} does not exist") from None
+    except IsADirectoryError:
+        raise _directory(path) from None
+    except PermissionError:
+        raise PlanError(f"plan file {path} cannot be read: permission denied") from None
+    except OSError as err:
+        raise PlanError(f"plan file {path} cannot be read: {_one_line(err.strerror or err)}") from None
+    if len(data) > MAX_PLAN_BYTES:
+        raise _too_big(path, None)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PlanError("not a UTF-8 text file; expected a YAML plan", path) from None
+
+
+def _too_big(path: Path, size: int | None) -> PlanError:
+    """The message for a file over MAX_PLAN_BYTES (``size`` None: a pipe or device that gave more)."""
+    limit = f"{MAX_PLAN_BYTES} bytes ({MAX_PLAN_BYTES / 2**20:g} MiB)"
+    what = f"is {size} bytes ({size / 2**20:.1f} MiB), more" if size is not None else "holds more"
+    return PlanError(f"the file {what} than the {limit} a plan may be (a plan is a few dozen keys)", path)
+
+
+def _too_deep(path: Path, line: int) -> PlanError:
+    message = f"the plan nests lists and mappings more than {MAX_PLAN_DEPTH} levels deep; a plan needs five at most"
+    return PlanError(message, path, line)
+
+
+def _directory(path: Path) -> PlanError:
+    """The message for a directory given as the plan: it names a YAML file inside, if it finds one."""
+    shown = str(path).rstrip("/") + "/"
+    try:
+        with os.scandir(path) as entries:
+            names = sorted(
+                entry.name
+                for entry in itertools.islice(entries, _DIRECTORY_SCAN)
+                if entry.name.endswith((".yaml", ".yml")) and entry.is_file()
+            )
+    except OSError:
+        names = []
+    example = f"such as {path / names[0]}" if names else "(a plan file, not the folder it is in)"
+    return PlanError(f"plan file {shown} is a directory; pass a YAML file {example}")
+
+
+def _compose(loader: yaml.SafeLoader, path: Path, lines: dict[tuple, int]) -> yaml.Node | None:
+    """The document's node graph from PyYAML's event stream, in one linear pass and without recursion.
+
+    On the way it fills ``lines`` (the line of every key and list item, by its path of keys and indexes; the
+    inside of an alias is not walked again: its path keeps the alias's line) and refuses, at their line, more
+    nesting than MAX_PLAN_DEPTH, more values than MAX_PLAN_VALUES once aliases are expanded (counted from the
+    size of each anchored value, never by expanding), a recursive alias, a key that is not text and a key given
+    twice. Mirrors PyYAML's Composer otherwise (tags, anchors, a single document)."""
+    anchors: dict[str, tuple[yaml.Node, int | None, int]] = {}  # name -> node, expanded size (None: open), height
+    stack: list[_Open] = []
+    root = None
+    total = 0  # values so far, aliases expanded
+    aliased = False
+    while loader.check_event():
+        event = loader.get_event()
+        kind = type(event)
+        if kind is yaml.SequenceEndEvent or kind is yaml.MappingEndEvent:
+            done = stack.pop()
+            done.node.end_mark = event.end_mark
+            height = done.height + 1
+            if done.anchor is not None:
+                anchors[done.anchor] = (done.node, total - done.first, height)
+            if stack and stack[-1].height < height:
+                stack[-1].height = height
+            continue
+        if kind is yaml.DocumentStartEvent and root is not None:
+            raise yaml.composer.ComposerError("expected a single document in the stream", root.start_mark,
+                                              "but found another document", event.start_mark)
+        if kind not in (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent, yaml.AliasEvent):
+            continue  # the stream's and the document's start and end
+        line = event.start_mark.line + 1
+        if kind is yaml.AliasEvent:
+            if event.anchor not in anchors:
+                raise yaml.composer.ComposerError(None, None, f"found undefined alias {event.anchor!r}",
+                                                  event.start_mark)
+            node, size, height = anchors[event.anchor]
+            if size is None:
+                raise PlanError(f"the alias *{event.anchor} is used inside the value it names (a recursive YAML "
+                                "alias); a plan cannot contain itself", path, line)
+            total += size
+            aliased = True
+            if len(stack) + height > MAX_PLAN_DEPTH:
+                raise _too_deep(path, line)
+            if stack and stack[-1].height < height:
+                stack[-1].height = height
+        else:
+            tag = event.tag
+            if kind is yaml.ScalarEvent:
+                if tag is None or tag == "!":
+                    tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+                node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+            else:
+                node_class = yaml.SequenceNode if kind is yaml.SequenceStartEvent else yaml.MappingNode
+                if tag is None or tag == "!":
+                    tag = loader.resolve(node_class, None, event.implicit)
+                node = node_class(tag, [], event.start_mark, None, flow_style=event.flow_style)
+            if event.anchor is not None:
+                if event.anchor in anchors:
+                    first = anchors[event.anchor][0].start_mark.line + 1
+                    raise PlanError(f"the anchor &{event.anchor} is defined twice (first on line {first}); give "
+                                    "each anchor its own name", path, line)
+                anchors[event.anchor] = (node, 1, 0) if kind is yaml.ScalarEvent else (node, None, 0)
+            total += 1
+        if total > MAX_PLAN_VALUES:
+            cause = "expands to" if aliased else "holds"
+            why = " (YAML aliases repeat too much)" if aliased else ""
+            raise PlanError(f"the plan {cause} more than {MAX_PLAN_VALUES} values{why}; a plan is a few dozen keys",
+                            path, line)
+
+        parent = stack[-1] if stack else None
+        if parent is None:
+            root, prefix = node, ()
+            lines[prefix] = line
+        elif parent.key is None and isinstance(parent.node, yaml.MappingNode):  # a key
+            _check_key(node, parent, path, line)
+            parent.key = node
+            lines[(*parent.prefix, node.value)] = line
+            continue
+        elif parent.key is not None:  # a mapping's value: its path keeps the key's line
+            prefix = (*parent.prefix, parent.key.value)
+            parent.node.value.append((parent.key, node))
+            parent.key = None
+        else:
+            prefix = (*parent.prefix, len(parent.node.value))
+            parent.node.value.append(node)
+            lines[prefix] = line
+        if kind is yaml.SequenceStartEvent or kind is yaml.MappingStartEvent:
+            if len(stack) >= MAX_PLAN_DEPTH:
+                raise _too_deep(path, line)
+            stack.append(_Open(node, event.anchor, prefix, total - 1))
+    return root
+
+
+def _check_key(node: yaml.Node, mapping: _Open, path: Path, line: int) -> None:
+    """Refuse a key that is not text (1:, null:, [a]:) and a key the mapping already has."""
+    if not isinstance(node, yaml.ScalarNode):
+        raise PlanError(f"a key must be text, got {_shown(node)}", path, line)
+    if node.tag not in _KEY_TAGS:
+        read_as = _READ_AS.get(node.tag.rpartition(":")[2], node.tag)
+        raise PlanError(f"a key must be text, got {_shown(node)} (read as {read_as}); quote it if it is meant as "
+                        "text", path, line)
+    if node.tag == _KEY_TAGS[0]:
+        if node.value in mapping.keys:
+            raise PlanError(f"duplicate key {node.value!r} (first on line {mapping.keys[node.value]}); YAML would "
+                            "keep only the last, so give each key once", path, line)
+        mapping.keys[node.value] = line
 
 
 def read_plan_file(path: Path) -> _Located:
     """Parse a YAML plan, keeping the line of every key so later errors can name it."""
-    if not path.is_file():
-        raise PlanError(f"plan file {path} does not exist")
+    text = _read_text(path)
+    loader = None
     try:
-        text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except UnicodeDecodeError:
-        raise PlanError("not a UTF-8 text file; expected a YAML plan", path) from None
+        loader = _PlanLoader(text)  # checks the characters first (a ReaderError)
+        lines: dict[tuple, int] = {}
+        root = _compose(loader, path, lines)
+        if root is not None and not isinstance(root, yaml.MappingNode):
+            raise PlanError(f"a plan must be a YAML mapping of keys ({', '.join(PLAN_KEYS)})", path, 1)
+        data = {} if root is None else loader.construct_document(root)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         problem = " ".join(filter(None, [err.context, err.problem]))
-        raise PlanError(f"invalid YAML: {problem}", path, mark.line + 1 if mark else None) from None
+        raise PlanError(f"invalid YAML: {_one_line(problem)}", path, mark.line + 1 if mark else None) from None
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        character = err.character if isinstance(err.character, int) else ord(err.character)
+        raise PlanError(f"invalid YAML: unacceptable character #x{character:04x}: {err.reason}", path, line) from None
+    except yaml.YAMLError as err:
+        raise PlanError(f"invalid YAML: {_one_line(err)}", path) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise PlanError(f"a plan must be a YAML mapping of keys ({', '.join(PLAN_KEYS)})", path, 1)
-    lines: dict[tuple, int] = {}
-    if node is not None:
-        _node_lines(node, (), lines)
     return _Located(path, data, lines)
 
 
