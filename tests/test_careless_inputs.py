@@ -93,6 +93,18 @@ CASES = [
      "error: plan.yaml:2: unknown plan key 'schedulrs'; did you mean 'schedulers'? allowed: model, prompt, "
      "negative_prompt, seed, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, "
      "schedulers, steps, runs, reference, target_error"),
+    ("a scheduler option of the wrong type",
+     _file("plan.yaml", "runs:\n  - {scheduler: ddim, steps: 4, options: {num_train_timesteps: 'a lot'}}\n"),
+     ["run", "plan.yaml"], 1,
+     "error: plan.yaml:2: DDIMScheduler: num_train_timesteps must be a whole number >= 1; got 'a lot'"),
+    ("a YAML alias bomb", _file("plan.yaml", 'prompt: x\nx0: &a0 [1,1,1,1,1,1,1,1,1,1]\nx1: &a1 [*a0,*a0,*a0,*a0,*a0,*a0,*a0,*a0,*a0,*a0]\nx2: &a2 [*a1,*a1,*a1,*a1,*a1,*a1,*a1,*a1,*a1,*a1]\nx3: &a3 [*a2,*a2,*a2,*a2,*a2,*a2,*a2,*a2,*a2,*a2]\nx4: &a4 [*a3,*a3,*a3,*a3,*a3,*a3,*a3,*a3,*a3,*a3]\nx5: &a5 [*a4,*a4,*a4,*a4,*a4,*a4,*a4,*a4,*a4,*a4]\nx6: &a6 [*a5,*a5,*a5,*a5,*a5,*a5,*a5,*a5,*a5,*a5]\nx7: &a7 [*a6,*a6,*a6,*a6,*a6,*a6,*a6,*a6,*a6,*a6]\nx8: &a8 [*a7,*a7,*a7,*a7,*a7,*a7,*a7,*a7,*a7,*a7]\nsteps: *a8\n'), ["run", "plan.yaml"], 1,
+     "error: plan.yaml:7: the plan expands to more than 1048576 values (YAML aliases repeat too much); a plan is a "
+     "few dozen keys"),
+    ("5,000 nested lists", _file("plan.yaml", "[" * 5000 + "]" * 5000 + "\n"), ["run", "plan.yaml"], 1,
+     "error: plan.yaml:1: the plan nests lists and mappings more than 50 levels deep; a plan needs five at "
+     "most"),
+    ("a folder given as the plan", _folder("configs"), ["run", "configs"], 1,
+     "error: plan file configs/ is a directory; pass a YAML file (a plan file, not the folder it is in)"),
     ("list-compatible of a missing folder", _nothing, ["list-compatible", "--model", "./gone"], 1,
      "error: model './gone' is neither 'builtin:shapes', an existing folder, nor a hub id (owner/name)"),
     ("show-config as an unknown scheduler", _nothing, ["show-config", "--as", "eulr"], 1,
