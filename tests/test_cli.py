@@ -23,7 +23,8 @@ def invoke(*args: str):
 
 
 def run_quick(out: Path, *extra: str, schedulers: str = "ddim,euler", steps: str = "8"):
-    return invoke("run", "--prompt", PROMPT, "--schedulers", schedulers, "--steps", steps, "--out", str(out), *extra)
+    return invoke("run", "--prompt", PROMPT, "--schedulers", schedulers, "--steps", steps, "--out", str(out), "--device", "cpu",
+                  *extra)
 
 
 def pixels(path: Path) -> np.ndarray:
