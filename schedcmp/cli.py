@@ -69,7 +69,8 @@ def _value(choice: Enum | None) -> str | None:
 
 @app.command()
 def run(
-    plan_file: Annotated[Path | None, typer.Argument(help="YAML plan; flags override its values.")] = None,
+    plan_file: Annotated[Path | None, typer.Argument(
+        readable=False, help="YAML plan; flags override its values.")] = None,  # plan.py says what is wrong
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="The prompt.", rich_help_panel=SAMPLING)] = None,
     negative_prompt: Annotated[
         str | None, typer.Option(help="The negative prompt.", rich_help_panel=SAMPLING)] = None,
