@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,6 +23,7 @@ from .core.pipeline import DenoisingPipeline
 from .engine import Engine, EngineReport, cpu_threads
 from .errors import OutputFolderError, RunFailedError, SchedcmpError
 from .outputs.folder import OutputFolder
+from .outputs.record import results_text
 from .outputs.summary import Summary
 from .outputs.tables import cost_table, expectation_table, timing_table
 from .outputs.writer import ResultWriter, Written
@@ -81,21 +83,21 @@ def shown_warnings(into: list[str]) -> Iterator[None]:
                 into.append(message)
 
 
-def _check_expect(expect: Path | None, out: Path) -> None:
-    """--expect must name a previous run's folder other than the one this run writes."""
+def _read_baseline(expect: Path | None, out: Path) -> dict[str, Any] | None:
+    """The record of the previous run --expect names (read before sampling); it must not be this run's folder."""
     if expect is None:
-        return
+        return None
     if expect.resolve() == out.resolve():
         raise OutputFolderError(f"--expect {expect} is the output folder of this run; point it at a previous run's "
                                 "folder (copy it aside first)")
-    read_expected(expect)
+    return read_expected(expect)
 
 
 def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
     """Load the model once, run every cell of the plan, write every output; returns the exit code."""
     folder = OutputFolder(options.out or Path("out") / time.strftime("run-%Y%m%d-%H%M%S"), options.overwrite)
     folder.check()
-    _check_expect(options.expect, folder.target)
+    baseline = _read_baseline(options.expect, folder.target)
     notes: list[str] = []
     with shown_warnings(notes):
         device = resolve_device(plan.device)
@@ -128,7 +130,7 @@ def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int
         terminal.warning(f"the runs that finished are kept in {staging}")
         raise
     _show(summary, written, folder.target, options.json_output)
-    return _verdict(summary, written, signals, folder.target, options, pipeline, device)
+    return _verdict(summary, written, baseline, signals, folder.target, options, pipeline, device)
 
 
 def _sample(engine: Engine, plan: Plan, writer: ResultWriter) -> EngineReport:
@@ -144,7 +146,7 @@ def _sample(engine: Engine, plan: Plan, writer: ResultWriter) -> EngineReport:
 def _show(summary: Summary, written: Written, target: Path, json_output: bool) -> None:
     """The record as JSON, or the tables and a summary line, on stdout."""
     if json_output:
-        sys.stdout.write((target / "results.json").read_text(encoding="utf-8"))
+        sys.stdout.write(results_text(written.document))
         return
     terminal.show(timing_table(summary))
     costs = cost_table(summary)
@@ -157,8 +159,8 @@ def _show(summary: Summary, written: Written, target: Path, json_output: bool) -
     terminal.show(f"wrote {', '.join(files)} and {written.images} images")
 
 
-def _verdict(summary: Summary, written: Written, signals: StopSignals, target: Path, options: RunOptions,
-             pipeline: DenoisingPipeline, device: torch.device) -> int:
+def _verdict(summary: Summary, written: Written, baseline: dict[str, Any] | None, signals: StopSignals,
+             target: Path, options: RunOptions, pipeline: DenoisingPipeline, device: torch.device) -> int:
     """The exit code: interrupted (128 + signal), a failed run (1), a failed CI check (1), or 0."""
     reference = summary.report.reference
     if reference is not None and reference.status == "failed":
@@ -170,8 +172,8 @@ def _verdict(summary: Summary, written: Written, signals: StopSignals, target: P
     if failed:
         names = ", ".join(f"{r.index + 1} ({r.spec.label})" for r in failed)
         raise RunFailedError(f"{len(failed)} of {len(summary.results)} runs failed: {names}")
-    if options.expect is not None:
-        checks = compare_with_expected(written.document, target, options.expect, options.tolerance)
+    if baseline is not None:
+        checks = compare_with_expected(written.document, target, baseline, options.expect, options.tolerance)
         terminal.show(expectation_table(checks, str(options.expect), options.tolerance))
         bad = [c for c in checks if not c.passed]
         if bad:

@@ -60,11 +60,11 @@ def read_expected(folder: Path) -> dict[str, Any]:
     return document
 
 
-def compare_with_expected(document: dict[str, Any], folder: Path, expected_folder: Path,
+def compare_with_expected(document: dict[str, Any], folder: Path, baseline: dict[str, Any], expected_folder: Path,
                           tolerance_db: float) -> list[ImageCheck]:
-    """Each run's image against the same run's in ``expected_folder``: PSNR >= ``tolerance_db`` passes;
-    runs only one side has are reported as 'new run' or 'missing'."""
-    expected = {_run_key(run): run for run in read_expected(expected_folder)["runs"]}
+    """Each run's image against the same run's in ``baseline`` (``read_expected(expected_folder)``): PSNR >=
+    ``tolerance_db`` passes; runs only one side has are reported as 'new run' or 'missing'."""
+    expected = {_run_key(run): run for run in baseline["runs"]}
     checks = []
     for run in document["runs"]:
         key = _run_key(run)

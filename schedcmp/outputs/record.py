@@ -151,9 +151,14 @@ def document(summary: Summary, records: list[dict[str, Any]], reference_image: s
     })
 
 
+def results_text(record: dict[str, Any]) -> str:
+    """What results.json holds: the record as indented strict JSON."""
+    return json.dumps(record, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
 def write_results(folder: Path, record: dict[str, Any]) -> Path:
-    """results.json: the record as indented strict JSON."""
-    text = json.dumps(record, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    """results.json, written whole or not at all."""
+    text = results_text(record)
     return write_atomically(folder / RESULTS_NAME, lambda p: p.write_text(text, encoding="utf-8"))
 
 
