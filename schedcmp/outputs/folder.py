@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import OutputExistsError, OutputFolderError
@@ -20,6 +21,17 @@ STAGING_PREFIX = ".schedcmp-incomplete-"  # + the target's name + a random tail:
 def _exists(path: Path) -> bool:
     """Whether anything (a broken symlink too) is at ``path``."""
     return path.is_symlink() or path.exists()
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary_path)`` and move the file into place, so ``path`` is whole or absent."""
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
 
 
 def remove(path: Path) -> None:
@@ -68,13 +80,13 @@ class OutputFolder:
         Files of the user's own in the target are left alone."""
         staging = self._staged()
         self.target.mkdir(parents=True, exist_ok=True)
-        trash = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{self.target.name}-old-", dir=self.target.parent))
+        replaced = staging / ".replaced"  # the old results, removed with the staging folder once the new are in
+        replaced.mkdir()
         for name in RESULT_NAMES:
             if _exists(self.target / name):
-                os.replace(self.target / name, trash / name)
+                os.replace(self.target / name, replaced / name)
             if _exists(staging / name):
                 os.replace(staging / name, self.target / name)
-        remove(trash)
         remove(staging)
         self.staging = None
 

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .folder import write_atomically
 from .wording import duration, number, psnr_db
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -235,8 +236,5 @@ def render_report(folder: Path, document: dict[str, Any]) -> str:
 
 def write_html_report(folder: Path, document: dict[str, Any]) -> Path:
     """Write folder/report.html for the run described by ``document``; returns its path."""
-    path = Path(folder) / "report.html"
-    temporary = path.with_name(".report.html.partial")
-    temporary.write_text(render_report(folder, document), encoding="utf-8")
-    temporary.replace(path)
-    return path
+    page = render_report(folder, document)
+    return write_atomically(Path(folder) / "report.html", lambda p: p.write_text(page, encoding="utf-8"))

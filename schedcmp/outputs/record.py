@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from .. import __version__
 from ..core.configuration import to_jsonable
 from ..engine import ReferenceResult, RunResult
 from ..plan import Plan
+from .folder import write_atomically
 from .summary import Summary
 
 IMAGES = "images"
@@ -89,17 +89,6 @@ def image_parameters(plan: Plan, result: RunResult, size: tuple[int, int]) -> st
         lines.append(f"Negative prompt: {plan.negative_prompt}")
     lines.append(", ".join(fields) + f", schedcmp: {__version__}")
     return "\n".join(lines)
-
-
-def write_atomically(path: Path, write: Any) -> Path:
-    """Call ``write(temporary_path)`` and move the file into place, so ``path`` is whole or absent."""
-    temporary = path.with_name(f".{path.name}.partial")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
 
 
 def save_run_image(folder: Path, plan: Plan, result: RunResult, size: tuple[int, int],

@@ -10,6 +10,10 @@ from typing import Any
 from ..engine import RunResult
 from ..plan import Plan
 from . import record as rec
+from .folder import write_atomically
+from .grid import GridCell, save_grid
+from .html import write_html_report
+from .plot import save_error_plot
 from .summary import Summary, error_series
 from .wording import accuracy_caption, duration
 
@@ -39,10 +43,6 @@ class ResultWriter:
 
     def finish(self, summary: Summary) -> Written:
         """The grid, the reference image, the plot, the CSV, results.json and report.html."""
-        from .grid import save_grid
-        from .html import write_html_report
-        from .plot import save_error_plot
-
         mode = summary.report.mode
         records = [self.records.get(r.index) or rec.run_record(r, mode) for r in summary.results]
         names = ["grid.png"]
@@ -51,7 +51,7 @@ class ResultWriter:
         reference_image = None
         if reference is not None and reference.image is not None:
             reference_image = rec.REFERENCE_NAME
-            rec.write_atomically(self.folder / reference_image, lambda p: reference.image.save(p, format="PNG"))
+            write_atomically(self.folder / reference_image, lambda p: reference.image.save(p, format="PNG"))
             names.append(reference_image)
         plot = None
         if summary.points:
@@ -93,10 +93,8 @@ def cell_caption(result: RunResult) -> list[str]:
     return lines
 
 
-def grid_cells(summary: Summary) -> list:
+def grid_cells(summary: Summary) -> list[GridCell]:
     """One grid cell per run, in the plan's order."""
-    from .grid import GridCell
-
     return [
         GridCell(row=summary.row_name(r), column=f"{r.spec.steps} steps", image=r.image, lines=cell_caption(r),
                  failed=r.status != "ok")
