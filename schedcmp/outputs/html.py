@@ -56,8 +56,7 @@ def _num(value: Any, spec: str = "", *, scale: float = 1.0, text: str | None = N
     """A numeric table cell: shown formatted, sorted on the raw value (empty when missing)."""
     raw = _as_number(value)
     scaled = None if raw is None else raw * scale
-    shown = text if text is not None else ("" if scaled is None else number(scaled, spec) if spec else
-                                           (str(value) if isinstance(value, int) else number(scaled, "g")))
+    shown = text if text is not None else number(scaled, spec or "g")  # 'g': counts read as 20, not 20.0
     sort = "" if scaled is None or math.isnan(scaled) else repr(scaled).replace("inf", "Infinity")
     return {"cls": "num", "sort": sort, "text": shown, "title": None}
 
