@@ -95,14 +95,16 @@ class FrozenConfig(dict):
 _EMPTY_CONFIG = FrozenConfig()
 
 
-def init_keys(cls: type) -> set[str]:
-    """The configurable keys of a class: the parameters of its ``__init__`` besides ``self`` and ``**kwargs``."""
+@functools.cache
+def init_keys(cls: type) -> frozenset[str]:
+    """The configurable keys of a class: the parameters of its ``__init__`` besides ``self`` and ``**kwargs``
+    (read from the signature once per class; every ``from_config`` asks)."""
     params = inspect.signature(cls.__init__).parameters
-    return {
+    return frozenset(
         name
         for name, p in params.items()
         if name != "self" and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-    }
+    )
 
 
 def literal_choices(annotation: Any) -> tuple[tuple[Any, ...], bool] | None:
