@@ -51,8 +51,7 @@ def lms_coefficients(sigmas: np.ndarray, order: int) -> list[list[float]]:
                 if j != k:
                     basis *= (tau - nodes[j]) / (nodes[k] - nodes[j])
             weights.append((b - a) / 2 * (w @ basis))  # [T]
-    for column, step in enumerate(t.tolist()):
-        table[step] = [float(weights[k][column]) for k in range(order)]
+    table[order - 1:] = np.stack(weights, axis=1).tolist()  # [T, order]
     return table
 
 

@@ -141,11 +141,14 @@ def vp_alpha_sigma(sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
-    """Fractional training timestep of each sigma: linear interpolation in log-sigma (k-diffusion's convention)."""
+    """Fractional training timestep of each sigma: linear interpolation in log-sigma (k-diffusion's convention).
+
+    ``log_sigmas`` [T] ascends (training sigmas grow with t), so the interval a sigma falls in is a binary search:
+    the last training level at or below it, the first one where it lies below all of them.
+    """
     sigmas = np.asarray(sigmas)
     log_sigma = np.log(np.maximum(sigmas, 1e-10))
-    dists = log_sigma - log_sigmas[:, np.newaxis]  # [T, n]
-    low_idx = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    low_idx = (np.searchsorted(log_sigmas, log_sigma, side="right") - 1).clip(0, log_sigmas.shape[0] - 2)
     low, high = log_sigmas[low_idx], log_sigmas[low_idx + 1]
     w = np.clip((low - log_sigma) / (low - high), 0, 1)
     return ((1 - w) * low_idx + w * (low_idx + 1)).reshape(sigmas.shape)
@@ -159,8 +162,9 @@ def sigma_to_t_float32(sigmas: torch.Tensor, log_sigmas: np.ndarray) -> torch.Te
     """
     log_sigma = torch.from_numpy(np.log(np.maximum(sigmas.numpy(), 1e-10)))  # [m]
     log_train = torch.from_numpy(log_sigmas)  # [T]
-    dists = log_sigma - log_train[:, None]  # [T, m]
-    low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_train.shape[0] - 2)  # [m]
+    common = torch.promote_types(log_sigma.dtype, log_train.dtype)
+    low = torch.searchsorted(log_train.to(common), log_sigma.to(common), right=True) - 1  # [m]
+    low = low.clamp(0, log_train.shape[0] - 2)
     low_value, high_value = log_train[low], log_train[low + 1]
     w = ((low_value - log_sigma) / (low_value - high_value)).clamp(0, 1)
     return (1 - w) * low + w * (low + 1)
