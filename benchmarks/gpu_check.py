@@ -38,7 +38,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from sd_models import build_sd15_folder, diffusers_loop  # noqa: E402
 
 import schedcmp.core as core  # noqa: E402
+from schedcmp.core.conditioning import Conditioning  # noqa: E402
 from schedcmp.core.load import load_pipeline  # noqa: E402
+from schedcmp.core.pipeline import to_unit_images  # noqa: E402
 from schedcmp.core.schedulers import ALIASES  # noqa: E402
 from schedcmp.engine import Engine, synchronize  # noqa: E402
 from schedcmp.plan import build_plan  # noqa: E402
@@ -59,13 +61,13 @@ def parity(ours, theirs, size: int, device: str) -> dict[str, float]:
     result = {}
     with torch.inference_mode():
         cond, _ = ours.encode_prompt(PROMPT, "")
-        result["text embeddings"] = max_abs(cond, theirs.encode_prompt(PROMPT, device, 1, False)[0])
+        result["text embeddings"] = max_abs(cond.embeddings, theirs.encode_prompt(PROMPT, device, 1, False)[0])
         g = torch.Generator(device).manual_seed(0)
         latents = torch.randn((2, 4, size // 8, size // 8), generator=g, device=device).to(ours.dtype)
-        context = torch.cat([cond, cond])
+        context = Conditioning.concat([cond, cond])
         t = torch.tensor([999.0, 37.5], device=device)
         result["unet output"] = max_abs(ours.denoise(latents, t, context),
-                                        theirs.unet(latents, t, encoder_hidden_states=context).sample)
+                                        theirs.unet(latents, t, encoder_hidden_states=context.embeddings).sample)
         scale = theirs.vae.config.scaling_factor
         vae_dtype = next(ours.vae.parameters()).dtype
         result["vae decode"] = max_abs(ours.vae.decode(latents.to(vae_dtype) / scale),
@@ -79,7 +81,8 @@ def parity(ours, theirs, size: int, device: str) -> dict[str, float]:
         plan = build_plan(None, {"prompt": PROMPT, "schedulers": alias, "steps": str(steps), "model": ours.name,
                                  "size": f"{size}x{size}", "seed": 8})
         report = Engine(ours, plan).run()
-        result[f"image {alias} {steps} steps"] = max_abs(ours.decode_unit(report.results[0].latents), image)
+        ours_image = to_unit_images(ours.decode_pixels(report.results[0].latents))
+        result[f"image {alias} {steps} steps"] = max_abs(ours_image, image)
     return result
 
 
@@ -109,7 +112,7 @@ def sync_free(device: str) -> dict[str, str]:
 def unet_tflops(ours, size: int, device: str) -> tuple[float, float]:
     """(milliseconds per CFG-pair UNet call, TFLOP/s) at the plan's size, batch 2."""
     latents = torch.randn((2, 4, size // 8, size // 8), device=device, dtype=ours.dtype)
-    context = torch.randn((2, 77, ours.unet.config.cross_attention_dim), device=device, dtype=ours.dtype)
+    context = Conditioning(torch.randn((2, 77, ours.unet.config.cross_attention_dim), device=device, dtype=ours.dtype))
     t = torch.tensor([500.0, 500.0], device=device)
     with torch.inference_mode():
         for _ in range(3):

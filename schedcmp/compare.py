@@ -19,7 +19,7 @@ import torch
 from . import terminal
 from .boundary import StopSignals
 from .core.load import load_pipeline
-from .core.pipeline import DenoisingPipeline
+from .core.pipeline import DiffusionPipeline
 from .engine import Engine, EngineReport, cpu_threads
 from .errors import OutputFolderError, RunFailedError, SchedcmpError
 from .outputs.folder import OutputFolder
@@ -160,7 +160,7 @@ def _show(summary: Summary, written: Written, target: Path, json_output: bool) -
 
 
 def _verdict(summary: Summary, written: Written, baseline: dict[str, Any] | None, signals: StopSignals,
-             target: Path, options: RunOptions, pipeline: DenoisingPipeline, device: torch.device) -> int:
+             target: Path, options: RunOptions, pipeline: DiffusionPipeline, device: torch.device) -> int:
     """The exit code: interrupted (128 + signal), a failed run (1), a failed CI check (1), or 0."""
     reference = summary.report.reference
     if reference is not None and reference.status == "failed":
@@ -185,7 +185,7 @@ def _verdict(summary: Summary, written: Written, baseline: dict[str, Any] | None
     return 0
 
 
-def _check_determinism(plan: Plan, pipeline: DenoisingPipeline, device: torch.device, target: Path,
+def _check_determinism(plan: Plan, pipeline: DiffusionPipeline, device: torch.device, target: Path,
                        signals: StopSignals) -> int:
     """Sample the first run twice more; raise when the latents differ."""
     try:

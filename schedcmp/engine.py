@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from .accuracy import Accuracy, measure
+from .core.conditioning import Conditioning
 from .core.errors import ConfigError, NonFiniteError, SchedcmpError
-from .core.pipeline import DenoisingPipeline
+from .core.pipeline import DiffusionPipeline
 from .core.schedulers import EDMEulerScheduler, SchedulerMixin
 from .core.schedulers.base import randn_tensor
 from .errors import PlanError
@@ -131,7 +132,7 @@ class _Lane:
 class Engine:
     """Runs every RunSpec of a plan against one pipeline, with the prompt encoded once for all of them."""
 
-    def __init__(self, pipeline: DenoisingPipeline, plan: Plan):
+    def __init__(self, pipeline: DiffusionPipeline, plan: Plan):
         self.pipeline = pipeline
         self.plan = plan
         self.device = pipeline.device
@@ -141,8 +142,8 @@ class Engine:
         self.guided = plan.guidance > 1.0
         self.results = [self._prepare(i, spec) for i, spec in enumerate(plan.runs)]
         self.cond, self.uncond = pipeline.encode_prompt(plan.prompt, plan.negative_prompt)
-        self._embedding_batches: dict[int, torch.Tensor] = {}
-        self.single_lane_embeddings = self._embeddings(1)
+        self._conditioning_batches: dict[int, Conditioning] = {}
+        self.single_lane_conditioning = self._conditioning(1)
         self.max_batch = plan.max_batch
         self.max_batch_reason = "set by the plan" if plan.max_batch else None
         self.reference = self._prepare_reference(plan.reference)
@@ -171,7 +172,7 @@ class Engine:
         if spec is None:
             return None
         if spec.run is None:
-            if type(self.pipeline).exact_solution is DenoisingPipeline.exact_solution:
+            if type(self.pipeline).exact_solution is DiffusionPipeline.exact_solution:
                 raise PlanError(
                     f"reference 'exact' needs a model with a closed-form solution (builtin:shapes); "
                     f"{self.pipeline.name} has none: name a reference run instead, e.g. --reference dpm:200"
@@ -203,12 +204,12 @@ class Engine:
         first_bad = torch.full((), _NEVER, dtype=torch.int64, device=latents.device)
         return _Lane(result, generator, latents, list(scheduler.timesteps), step_kwargs, first_bad)
 
-    def _embeddings(self, lanes: int) -> torch.Tensor:
-        """Embeddings for ``lanes`` lanes: [uncond, cond] per lane under guidance, else cond alone (built once)."""
-        if lanes not in self._embedding_batches:
-            pair = torch.cat([self.uncond, self.cond]) if self.guided else self.cond  # [2 or 1, ...]
-            self._embedding_batches[lanes] = pair.repeat(lanes, *([1] * (pair.dim() - 1)))  # [lanes * (2|1), ...]
-        return self._embedding_batches[lanes]
+    def _conditioning(self, lanes: int) -> Conditioning:
+        """Conditioning for ``lanes`` lanes: [uncond, cond] per lane under guidance, else cond alone (built once)."""
+        if lanes not in self._conditioning_batches:
+            pair = Conditioning.concat([self.uncond, self.cond]) if self.guided else self.cond  # [2 or 1, ...]
+            self._conditioning_batches[lanes] = pair.repeat(lanes)  # [lanes * (2|1), ...]
+        return self._conditioning_batches[lanes]
 
     def _guide(self, output: torch.Tensor) -> torch.Tensor:
         """Classifier-free guidance (Ho & Salimans 2022 eq. 6) on one lane's [uncond, cond] outputs."""
@@ -246,7 +247,7 @@ class Engine:
         latents = torch.zeros(self.latent_shape, device=self.device, dtype=self.pipeline.dtype)
         inputs = torch.cat([latents] * 2) if self.guided else latents
         timesteps = first.timesteps[:1].to(torch.float32).expand(inputs.shape[0])
-        return self.pipeline.denoise(inputs, timesteps, self.single_lane_embeddings)
+        return self.pipeline.denoise(inputs, timesteps, self.single_lane_conditioning)
 
     def warm_up(self) -> None:
         """One model call on zeros so the first timed run does not pay for lazy initialisation."""
@@ -339,7 +340,7 @@ class Engine:
             lane = self._new_lane(result)
             while not lane.done:
                 scaled, timesteps = self._model_inputs(lane)
-                output = self.pipeline.denoise(scaled, timesteps, self.single_lane_embeddings)
+                output = self.pipeline.denoise(scaled, timesteps, self.single_lane_conditioning)
                 self._advance(lane, output)
                 self._advance_progress(1)
             self._finish([lane])
@@ -397,7 +398,7 @@ class Engine:
                 latents = torch.cat([x for x, _ in inputs])  # [sum of lane batches, ...]
                 timesteps = torch.cat([t for _, t in inputs])  # [sum of lane batches]
                 try:
-                    outputs = self.pipeline.denoise(latents, timesteps, self._embeddings(len(active)))
+                    outputs = self.pipeline.denoise(latents, timesteps, self._conditioning(len(active)))
                 except Exception as err:  # a failed call fails the lanes in it, not the plan
                     for lane in active:
                         self._fail(lane, err)

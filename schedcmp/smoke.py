@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .core.pipeline import DenoisingPipeline
+from .core.pipeline import DiffusionPipeline
 from .engine import Engine, RunResult
 from .errors import SchedcmpError
 from .metrics import psnr
@@ -95,7 +95,7 @@ class DeterminismCheck:
     max_abs_difference: float
 
 
-def check_determinism(pipeline: DenoisingPipeline, plan: Plan) -> DeterminismCheck:
+def check_determinism(pipeline: DiffusionPipeline, plan: Plan) -> DeterminismCheck:
     """Run the plan's first cell twice, alone and in sequential mode, and compare the final latents bit for bit."""
     single = dataclasses.replace(plan, runs=plan.runs[:1], mode="sequential", reference=None)
     first, second = (Engine(pipeline, single).run().results[0] for _ in range(2))

@@ -10,7 +10,7 @@ import torch
 
 from schedcmp.accuracy import CostToReach, Measured, cost_to_reach
 from schedcmp.core.builtin import ShapesPipeline
-from schedcmp.core.pipeline import DenoisingPipeline
+from schedcmp.core.pipeline import DiffusionPipeline
 from schedcmp.core.schedulers import ALIASES, EDMEulerScheduler
 from schedcmp.engine import Engine
 from schedcmp.errors import PlanError
@@ -130,7 +130,7 @@ def test_a_reference_with_an_impossible_step_count_is_named_as_the_reference() -
 
 def test_exact_reference_needs_a_model_with_a_closed_form_solution() -> None:
     class NoClosedForm(ShapesPipeline):
-        exact_solution = DenoisingPipeline.exact_solution  # the base's: "has none"
+        exact_solution = DiffusionPipeline.exact_solution  # the base's: "has none"
 
     pipeline = NoClosedForm()
     pipeline.name = "my-model"

@@ -55,7 +55,7 @@ def test_peak_of_a_model_call_grows_with_the_batch() -> None:
     cond, _ = pipeline.encode_prompt("a star")
     one, four = (
         peak_call_bytes(lambda b=b: pipeline.denoise(torch.zeros(b, 3, 64, 64), torch.full((b,), 500.0),
-                                                     cond.expand(b, -1)), CPU)
+                                                     cond.repeat(b)), CPU)
         for b in (1, 4)
     )
     assert one < four

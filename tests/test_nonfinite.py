@@ -29,9 +29,9 @@ class BreaksAtCall(ShapesPipeline):
         super().__init__()
         self.bad, self.value, self.calls = bad, value, -1  # -1: the warm-up call comes first
 
-    def denoise(self, latents, timesteps, embeddings):
+    def denoise(self, latents, timesteps, conditioning):
         self.calls += 1
-        output = super().denoise(latents, timesteps, embeddings)
+        output = super().denoise(latents, timesteps, conditioning)
         if self.calls == self.bad:
             output = output.clone()
             output[0] = self.value

@@ -15,9 +15,11 @@ from typer.testing import CliRunner
 
 import schedcmp.core as core
 from schedcmp.cli import app
+from schedcmp.core.conditioning import Conditioning
 from schedcmp.core.errors import WeightsError
 from schedcmp.core.load import load_pipeline
-from schedcmp.core.pipeline import StableDiffusionPipeline
+from schedcmp.core.pipeline import to_unit_images
+from schedcmp.core.stable_diffusion import StableDiffusionPipeline
 from schedcmp.engine import Engine
 from schedcmp.plan import build_plan
 
@@ -89,7 +91,7 @@ def our_images(pipeline, names: str, steps: int, seed: int, mode: str = "sequent
     })
     report = Engine(pipeline, plan).run()
     assert [r.status for r in report.results] == ["ok"] * len(report.results)
-    return [pipeline.decode_unit(r.latents) for r in report.results]
+    return [to_unit_images(pipeline.decode_pixels(r.latents)) for r in report.results]
 
 
 @pytest.mark.parametrize("variant", ["sd1", "sd2v"])
@@ -129,7 +131,8 @@ def test_our_scheduler_dropped_into_the_diffusers_pipeline(tiny) -> None:
 def test_prompt_embeddings_equal_diffusers(tiny, ours) -> None:
     theirs, theirs_negative = tiny["sd2v"][1].encode_prompt(PROMPT, "cpu", 1, True, NEGATIVE)
     cond, uncond = ours["sd2v"].encode_prompt(PROMPT, NEGATIVE)
-    assert torch.allclose(cond, theirs, atol=1e-5) and torch.allclose(uncond, theirs_negative, atol=1e-5)
+    assert torch.allclose(cond.embeddings, theirs, atol=1e-5)
+    assert torch.allclose(uncond.embeddings, theirs_negative, atol=1e-5)
 
 
 def test_unet_output_equals_diffusers(tiny, ours) -> None:
@@ -139,7 +142,7 @@ def test_unet_output_equals_diffusers(tiny, ours) -> None:
     timesteps = torch.tensor([999.0, 10.5])
     with torch.inference_mode():
         expected = pipe.unet(latents, timesteps, encoder_hidden_states=context).sample
-    assert (ours["sd2v"].denoise(latents, timesteps, context) - expected).abs().max() <= 1e-5
+    assert (ours["sd2v"].denoise(latents, timesteps, Conditioning(context)) - expected).abs().max() <= 1e-5
 
 
 def test_default_size_comes_from_the_unet_and_vae(ours) -> None:
@@ -200,8 +203,8 @@ def test_clip_skip_uses_an_earlier_text_encoder_layer(tiny) -> None:
     cond, _ = skipping.encode_prompt(PROMPT, "")
     # encode_prompt encodes [prompt, negative] as one batch of 2, this a batch of 1: the matrix products may sum in
     # another order (BLAS blocking depends on the shape), so equal to float32 rounding, not bit for bit
-    torch.testing.assert_close(cond, plain.text_encoder(ids, clip_skip=1), rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(cond, plain.encode_prompt(PROMPT, "")[0])
+    torch.testing.assert_close(cond.embeddings, plain.text_encoder(ids, clip_skip=1), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(cond.embeddings, plain.encode_prompt(PROMPT, "")[0].embeddings)
 
 
 def test_list_compatible_reads_only_the_scheduler_config_of_a_folder(tiny, tmp_path: Path) -> None:

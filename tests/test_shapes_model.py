@@ -17,9 +17,9 @@ from schedcmp.core.models.shapes import (
     parse_prompt,
     probability_flow_reference,
     shapes_dataset,
-    to_pil,
     to_uint8,
 )
+from schedcmp.core.pipeline import to_pil_images, to_unit_images
 
 PROMPT = "a red circle on a blue background"
 KNOWN = ("Known words: colors: red, green, blue, yellow, white, black, orange, purple; "
@@ -133,7 +133,7 @@ def test_shapes_have_the_right_geometry(dataset, shape):
 
 def test_decode_round_trips_pixels(dataset):
     images = dataset.images[:3]
-    pil = to_pil(images)
+    pil = to_pil_images(to_unit_images(images))
     assert [p.size for p in pil] == [(64, 64)] * 3 and pil[0].mode == "RGB"
     back = torch.from_numpy(np.stack([np.asarray(p) for p in pil])).permute(0, 3, 1, 2).float() / 127.5 - 1
     assert torch.allclose(back, images, atol=1e-6)

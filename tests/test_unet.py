@@ -1,6 +1,7 @@
 """UNet2DConditionModel: built from diffusers' config.json, loads diffusers' safetensors strictly, equals diffusers.
 
-Oracle: randomly initialised tiny diffusers UNets (several shapes), saved with ``save_pretrained``.
+Oracle: randomly initialised tiny diffusers UNets (several shapes, SD 1.x / 2.x and SDXL), saved with
+``save_pretrained``; the real SD 1.5 / 2.1 / SDXL configs built on the meta device.
 """
 
 import copy
@@ -17,6 +18,7 @@ from schedcmp.core.errors import ConfigError, ConfigWarning
 from schedcmp.core.models.unet import UNet2DConditionConfig, UNet2DConditionModel
 
 SD15_UNET_CONFIG = Path(__file__).parent / "fixtures" / "sd15" / "unet" / "config.json"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # real SDXL configs, where present
 TOLERANCE = 1e-5
 
 SHAPES = {
@@ -58,6 +60,46 @@ SHAPES = {
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     ),
+    # SDXL base: micro-conditioning (6 time ids), per-block transformer depths (mid: the last, up: reversed),
+    # no attention at the highest resolution.
+    "sdxl-base-shaped": dict(
+        sample_size=16,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 48,
+        cross_attention_dim=96,
+        norm_num_groups=8,
+    ),
+    # SDXL refiner: 5 time ids (aesthetic score), four levels without attention at either end, one depth for all
+    # blocks, cross_attention_dim written per block.
+    "sdxl-refiner-shaped": dict(
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(1, 2, 4, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=6,
+        transformer_layers_per_block=2,
+        projection_class_embeddings_input_dim=5 * 6 + 20,
+        cross_attention_dim=(40, 40, 40, 40),
+        norm_num_groups=8,
+    ),
+}
+
+# SDXL's time ids, one row per sample: (original size, crop top-left, target size) for the base; (original size,
+# crop top-left, aesthetic score) for the refiner (Podell et al. 2023, sec. 2.2).
+TIME_IDS = {
+    "sdxl-base-shaped": [[1024, 1024, 0, 0, 1024, 1024], [768, 1344, 0, 0, 768, 1344], [512, 512, 32, 16, 1024, 1024]],
+    "sdxl-refiner-shaped": [[1024, 1024, 0, 0, 6.0], [768, 1344, 0, 0, 2.5], [512, 512, 32, 16, 6.0]],
 }
 
 TIMESTEPS = {
@@ -69,6 +111,27 @@ TIMESTEPS = {
 }
 
 
+def model_inputs(
+    name: str, config: UNet2DConditionConfig, batch: int = 3, height: int = 16, width: int = 24
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """sample, text and the keyword arguments the UNet also takes: SDXL's added_cond_kwargs, none for SD 1.x / 2.x
+    (which are called with three positional arguments)."""
+    generator = torch.Generator().manual_seed(1)
+    sample = torch.randn(batch, config.in_channels, height, width, generator=generator)
+    context = torch.randn(batch, 7, config.per_block("cross_attention_dim")[-1], generator=generator)
+    if config.addition_embed_type is None:
+        return sample, context, {}
+    time_ids = torch.tensor(TIME_IDS[name])[torch.arange(batch) % 3]
+    pooled_width = config.projection_class_embeddings_input_dim - time_ids.shape[1] * config.addition_time_embed_dim
+    pooled = torch.randn(batch, pooled_width, generator=generator)
+    return sample, context, {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+
+
+def map_added(extra: dict, change) -> dict:
+    """``extra`` with ``change`` applied to each tensor of its added_cond_kwargs."""
+    return {key: {k: change(v) for k, v in value.items()} for key, value in extra.items()}
+
+
 class Pair:
     """A diffusers UNet, ours loaded from its saved folder, and inputs that fit both."""
 
@@ -76,11 +139,8 @@ class Pair:
         self.name, self.folder, self.theirs, self.ours = name, folder, theirs, ours
         self.config = ours.config
 
-    def inputs(self, batch: int = 3, height: int = 16, width: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator().manual_seed(1)
-        sample = torch.randn(batch, self.config.in_channels, height, width, generator=generator)
-        context = torch.randn(batch, 7, self.config.cross_attention_dim, generator=generator)
-        return sample, context
+    def inputs(self, batch: int = 3, height: int = 16, width: int = 24) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        return model_inputs(self.name, self.config, batch, height, width)
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))
@@ -107,24 +167,82 @@ def test_saved_checkpoint_has_exactly_our_parameter_names_and_shapes(pair):
     assert ours == saved
 
 
-@pytest.mark.parametrize("config", ["sd15", "sd21-shaped"])
+# The keys in which the published UNet configs differ from SD 1.5's (neutral keys left out); the SDXL files, where
+# present, are checked to read as these tables.
+REAL_CONFIG_CHANGES = {
+    "sd15": {},
+    "sd21-shaped": dict(
+        attention_head_dim=[5, 10, 20, 20],
+        cross_attention_dim=1024,
+        use_linear_projection=True,
+        upcast_attention=True,
+        sample_size=96,
+    ),
+    "sdxl-base": dict(
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        attention_head_dim=[5, 10, 20],
+        block_out_channels=[320, 640, 1280],
+        cross_attention_dim=2048,
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        projection_class_embeddings_input_dim=2816,  # 1280 (pooled OpenCLIP bigG) + 6 time ids x 256
+        sample_size=128,
+        transformer_layers_per_block=[1, 2, 10],
+        up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        upcast_attention=None,
+        use_linear_projection=True,
+    ),
+    "sdxl-refiner": dict(
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        attention_head_dim=[6, 12, 24, 24],
+        block_out_channels=[384, 768, 1536, 1536],
+        cross_attention_dim=1280,
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        projection_class_embeddings_input_dim=2560,  # 1280 + 5 time ids x 256
+        sample_size=128,
+        transformer_layers_per_block=4,
+        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        upcast_attention=None,
+        use_linear_projection=True,
+    ),
+}
+
+
+def parameter_tree(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("config", list(REAL_CONFIG_CHANGES))
 def test_real_config_builds_diffusers_parameter_tree_on_meta(config):
-    raw = json.loads(SD15_UNET_CONFIG.read_text())
-    if config == "sd21-shaped":  # the keys in which SD 2.1's published UNet config differs from SD 1.5's
-        raw |= dict(
-            attention_head_dim=[5, 10, 20, 20],
-            cross_attention_dim=1024,
-            use_linear_projection=True,
-            upcast_attention=True,
-            sample_size=96,
-        )
+    raw = json.loads(SD15_UNET_CONFIG.read_text()) | REAL_CONFIG_CHANGES[config]
     with torch.device("meta"):
         theirs = DiffusersUNet.from_config(raw)
         ours = UNet2DConditionModel(UNet2DConditionConfig.from_dict(raw))
-    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {
-        k: tuple(v.shape) for k, v in theirs.state_dict().items()
-    }
+    assert parameter_tree(ours) == parameter_tree(theirs)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
     assert all(p.is_meta for p in ours.parameters())
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sdxl").is_dir(), reason="the real SDXL configs are not present")
+@pytest.mark.parametrize("model", ["base", "refiner"])
+def test_real_sdxl_config_file_reads_as_its_table_without_warnings(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = UNet2DConditionConfig.from_file(SHARED_DATA / "sdxl" / model / "unet" / "config.json")
+    assert config == UNet2DConditionConfig.from_dict(sd15_config(**REAL_CONFIG_CHANGES[f"sdxl-{model}"]))
+
+
+def test_per_block_cross_attention_dims_and_depths_build_diffusers_parameter_tree():
+    raw = dict(
+        SHAPES["sdxl-base-shaped"],
+        cross_attention_dim=[16, 24, 32],
+        transformer_layers_per_block=[1, 2, 3],
+    )
+    with torch.device("meta"):
+        theirs = DiffusersUNet(**raw)
+        ours = UNet2DConditionModel(UNet2DConditionConfig.from_dict(raw))
+    assert parameter_tree(ours) == parameter_tree(theirs)
 
 
 # ------------------------------------------------------------------------------------------------ parity
@@ -132,41 +250,47 @@ def test_real_config_builds_diffusers_parameter_tree_on_meta(config):
 
 @pytest.mark.parametrize("kind", list(TIMESTEPS))
 def test_output_equals_diffusers(pair, kind):
-    sample, context = pair.inputs()
+    sample, context, extra = pair.inputs()
     timestep = TIMESTEPS[kind]()
     with torch.no_grad():
-        expected = pair.theirs(sample, timestep, context).sample
-        actual = pair.ours(sample, timestep, context)
+        expected = pair.theirs(sample, timestep, context, **extra).sample
+        actual = pair.ours(sample, timestep, context, **extra)
     assert actual.shape == (3, pair.config.out_channels, 16, 24)
     assert max_error(actual, expected) <= TOLERANCE
 
 
 def test_latents_not_divisible_by_the_downsampling_equal_diffusers(pair):
-    sample, context = pair.inputs(batch=2, height=13, width=10)
+    sample, context, extra = pair.inputs(batch=2, height=13, width=10)
     with torch.no_grad():
-        expected = pair.theirs(sample, 250, context).sample
-        actual = pair.ours(sample, 250, context)
+        expected = pair.theirs(sample, 250, context, **extra).sample
+        actual = pair.ours(sample, 250, context, **extra)
     assert actual.shape == (2, pair.config.out_channels, 13, 10)
     assert max_error(actual, expected) <= TOLERANCE
 
 
 def test_per_sample_timesteps_give_each_sample_its_own_result(pair):
-    sample, context = pair.inputs()
+    sample, context, extra = pair.inputs()
     timesteps = torch.tensor([999.0, 500.5, 1.0])
     with torch.no_grad():
-        batched = pair.ours(sample, timesteps, context)
-        alone = torch.cat([pair.ours(sample[i : i + 1], timesteps[i], context[i : i + 1]) for i in range(3)])
+        batched = pair.ours(sample, timesteps, context, **extra)
+        alone = torch.cat(
+            [
+                pair.ours(sample[i : i + 1], timesteps[i], context[i : i + 1], **map_added(extra, lambda v: v[i : i + 1]))  # noqa: B023
+                for i in range(3)
+            ]
+        )
     assert max_error(batched, alone) <= TOLERANCE
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_half_precision_is_as_close_to_fp32_as_diffusers(pair, dtype):
-    sample, context = pair.inputs(batch=2, height=8, width=8)
+    sample, context, extra = pair.inputs(batch=2, height=8, width=8)
     timesteps = torch.tensor([1, 999])
+    half = map_added(extra, lambda v: v.to(dtype))  # as diffusers' SDXL pipeline passes them
     with torch.no_grad():
-        reference = pair.ours(sample, timesteps, context)
-        theirs = copy.deepcopy(pair.theirs).to(dtype)(sample.to(dtype), timesteps, context.to(dtype)).sample
-        ours = copy.deepcopy(pair.ours).to(dtype)(sample.to(dtype), timesteps, context.to(dtype))
+        reference = pair.ours(sample, timesteps, context, **extra)
+        theirs = copy.deepcopy(pair.theirs).to(dtype)(sample.to(dtype), timesteps, context.to(dtype), **half).sample
+        ours = copy.deepcopy(pair.ours).to(dtype)(sample.to(dtype), timesteps, context.to(dtype), **half)
     assert ours.dtype == dtype
     assert max_error(ours, reference) <= 2 * max_error(theirs, reference)
 
@@ -217,22 +341,26 @@ def test_unknown_key_is_ignored_with_a_warning():
         (
             dict(class_embed_type="timestep"),
             'unet config: "class_embed_type": "timestep" is not supported; schedcmp supports only '
-            '"class_embed_type": null (Stable Diffusion 1.x and 2.x models)',
+            '"class_embed_type": null (Stable Diffusion 1.x, 2.x and SDXL models)',
         ),
         (
-            dict(addition_embed_type="text_time"),
-            'unet config: "addition_embed_type": "text_time" is not supported; schedcmp supports only '
-            '"addition_embed_type": null (Stable Diffusion 1.x and 2.x models)',
+            dict(addition_embed_type="text"),
+            'unet config: "addition_embed_type": "text" is not supported; expected one of null, "text_time" (SDXL)',
+        ),
+        (
+            dict(addition_embed_type="text_time", projection_class_embeddings_input_dim=2816),
+            'unet config: "addition_time_embed_dim": null is not supported; "addition_embed_type": "text_time" '
+            "needs the width of each time id's sinusoidal embedding",
         ),
         (
             dict(only_cross_attention=[False, True, False, False]),
             'unet config: "only_cross_attention": [false, true, false, false] is not supported; schedcmp supports '
-            'only "only_cross_attention": false (Stable Diffusion 1.x and 2.x models)',
+            'only "only_cross_attention": false (Stable Diffusion 1.x, 2.x and SDXL models)',
         ),
         (
             dict(mid_block_only_cross_attention=True),
             'unet config: "mid_block_only_cross_attention": true is not supported; schedcmp supports only '
-            '"mid_block_only_cross_attention": null or false (Stable Diffusion 1.x and 2.x models)',
+            '"mid_block_only_cross_attention": null or false (Stable Diffusion 1.x, 2.x and SDXL models)',
         ),
         (
             dict(down_block_types=["CrossAttnDownBlock2D", "AttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]),
@@ -240,9 +368,14 @@ def test_unknown_key_is_ignored_with_a_warning():
             '"DownBlock2D"] is not supported; each entry must be one of "CrossAttnDownBlock2D", "DownBlock2D"',
         ),
         (
-            dict(transformer_layers_per_block=[1, 2, 10, 10]),
-            'unet config: "transformer_layers_per_block": [1, 2, 10, 10] is not supported; '
-            "expected one integer for all blocks",
+            dict(transformer_layers_per_block=[1, 2, 10]),
+            'unet config: "transformer_layers_per_block": [1, 2, 10] is not supported; '
+            "expected 4 entries, one per block_out_channels",
+        ),
+        (
+            dict(transformer_layers_per_block=[[1, 1], [2, 2], [3, 3], [4, 4]]),
+            'unet config: "transformer_layers_per_block": [[1, 1], [2, 2], [3, 3], [4, 4]] is not supported; '
+            "expected one integer, or one integer per block (per-layer depths are not supported)",
         ),
         (
             dict(attention_head_dim=[5, 10, 20]),
@@ -256,11 +389,13 @@ def test_unknown_key_is_ignored_with_a_warning():
     ],
     ids=[
         "class-embed",
-        "sdxl-addition-embed",
+        "text-addition-embed",
+        "text-time-without-its-width",
         "only-cross-attention",
         "mid-only-cross",
         "block-type",
-        "transformer-layers-list",
+        "transformer-layers-length",
+        "transformer-layers-nested",
         "head-dim-length",
         "act-fn",
     ],

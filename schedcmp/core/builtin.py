@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import torch
-from PIL import Image
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import torch
+
+from .conditioning import Conditioning
 from .errors import ConfigError
+from .generation import Sampling, check_callback_inputs, sample
 from .load import BUILTIN_SHAPES, SD15_SCHEDULER_CONFIG
 from .models.shapes import (
     ShapesDenoiser,
@@ -13,14 +17,14 @@ from .models.shapes import (
     nearest_images,
     probability_flow_reference,
     shapes_dataset,
-    to_pil,
 )
-from .pipeline import DenoisingPipeline
+from .pipeline import DiffusionPipeline, OutputType, PipelineOutput, negative_list, prompt_list
 from .schedulers import PNDMScheduler
 
 
-class ShapesPipeline(DenoisingPipeline):
-    """``builtin:shapes``: the exactly solvable model over a drawn data set of captioned shapes (no weights)."""
+class ShapesPipeline(DiffusionPipeline):
+    """``builtin:shapes``: the exactly solvable model over a drawn data set of captioned shapes (no weights),
+    driven by the engine or called as a diffusers pipeline is."""
 
     # Its calls are two small matmuls (~0.4 ms): extra OpenMP threads only add barriers, and on a busy machine
     # they stall (measured 70 ms a call with 2 threads against 0.4 ms with 1 while another process ran).
@@ -42,11 +46,12 @@ class ShapesPipeline(DenoisingPipeline):
         self.text_encoder = ShapesTextEncoder(self.dataset)
         self.denoiser = ShapesDenoiser(self.dataset, self.scheduler.alphas_cumprod).to(self.device)
 
-    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-weights over the data set for the prompt and for the negative prompt ("" = the whole set)."""
-        cond = self.text_encoder([prompt], device=self.device)  # [1, N]
-        uncond = self.text_encoder([negative_prompt], device=self.device)  # [1, N]
-        return cond, uncond
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[Conditioning, Conditioning]:
+        """Log-weights [1, N] over the data set for the prompt and for the negative prompt ("" = the whole set)."""
+        return self._encode([prompt]), self._encode([negative_prompt])
+
+    def _encode(self, prompts: list[str]) -> Conditioning:
+        return Conditioning(self.text_encoder(prompts, device=self.device))  # [B, N]
 
     def latent_shape(self, width: int, height: int) -> tuple[int, ...]:
         """builtin:shapes samples in pixel space at its drawn size."""
@@ -57,22 +62,37 @@ class ShapesPipeline(DenoisingPipeline):
             )
         return (3, height, width)
 
-    def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         """The exact posterior-mean noise prediction (epsilon) for each sample."""
-        return self.denoiser(latents, timesteps, embeddings)
+        return self.denoiser(latents, timesteps, conditioning.embeddings)
+
+    def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixel space is the latent space here: the samples are the images, in [-1, 1]."""
+        return latents
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The exact denoiser (its data set moves with it)."""
+        return {"denoiser": self.denoiser}
+
+    def _move(self, name: str, module: torch.nn.Module, device: torch.device | None, dtype: torch.dtype | None) -> None:
+        """Move the denoiser; builtin:shapes computes in fp32 only."""
+        if dtype is not None and dtype != torch.float32:
+            raise ConfigError(f"builtin:shapes computes exactly in fp32; got dtype {str(dtype).removeprefix('torch.')}")
+        module.to(device=device)
 
     def compile(self, mode: str | None = None) -> None:
         """torch.compile the exact denoiser."""
         self.denoiser = torch.compile(self.denoiser, mode=mode)
 
-    def exact_solution(self, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+    def exact_solution(self, noise: torch.Tensor, cond: Conditioning, uncond: Conditioning,
                        guidance: float) -> torch.Tensor:
         """The float64 RK4 solution of the guided PF-ODE (Karras et al. 2022, eq. 3) from x_T = noise at t = T-1,
         the start every schedule converges to as its steps grow."""
         abar_last = self.scheduler.alphas_cumprod[-1].double()
         sigma_max = float(((1 - abar_last) / abar_last).sqrt())
         x_T = noise.double() * (1 + sigma_max**2) ** 0.5  # DDPM-space x_T -> sigma space x_T / sqrt(abar)
-        solution = probability_flow_reference(x_T, cond, sigma_max, guidance, uncond, dataset=self.dataset)
+        solution = probability_flow_reference(x_T, cond.embeddings, sigma_max, guidance, uncond.embeddings,
+                                              dataset=self.dataset)
         return solution.to(noise.dtype)
 
     def nearest_training_image(self, latents: torch.Tensor) -> tuple[float, str]:
@@ -80,6 +100,34 @@ class ShapesPipeline(DenoisingPipeline):
         rmse, index = nearest_images(latents[:1], self.dataset)
         return float(rmse[0]), self.dataset.items[int(index[0])].caption
 
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        """Pixel space is the latent space here: map [-1, 1] to 8-bit RGB."""
-        return to_pil(latents)
+    def __call__(
+        self,
+        prompt: str | list[str],
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: OutputType = "pil",
+        return_dict: bool = True,
+        guidance_rescale: float = 0.0,
+        callback_on_step_end: Callable[..., dict[str, torch.Tensor]] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> PipelineOutput | tuple[Any, ...]:
+        """Sample images with ``self.scheduler`` as diffusers' ``StableDiffusionPipeline.__call__`` would, from the
+        exact denoiser (64x64 only)."""
+        height, width = height or self.size, width or self.size
+        check_callback_inputs(callback_on_step_end_tensor_inputs, tuple(self.CALLBACK_TENSORS))
+        shape = self.latent_shape(width, height)
+        prompts = prompt_list(prompt)
+        settings = Sampling(num_inference_steps, guidance_scale, guidance_rescale, eta, generator, latents,
+                            callback_on_step_end, tuple(callback_on_step_end_tensor_inputs))
+        cond = self._encode(prompts).repeat_each(num_images_per_prompt)
+        uncond = self._encode(negative_list(negative_prompt, prompts)).repeat_each(num_images_per_prompt)
+        final = sample(self, cond, uncond if settings.guided else None, shape, settings, self.CALLBACK_TENSORS)
+        output = PipelineOutput(self.postprocess(final, output_type))
+        return output if return_dict else output.to_tuple()

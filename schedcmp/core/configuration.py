@@ -45,6 +45,13 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _thaw(value: Any) -> Any:
+    """The lists ``_freeze`` made tuples, as lists again (how diffusers holds and prints them)."""
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
 def to_jsonable(value: Any) -> Any:
     """Turn a config value into plain JSON data (tuples and arrays become lists, paths become strings)."""
     if isinstance(value, (list, tuple)):
@@ -85,12 +92,18 @@ class FrozenConfig(dict):
     def __reduce__(self) -> tuple:
         return (type(self), (dict(self),))
 
+    def __repr__(self) -> str:
+        """Printed as diffusers prints its ``FrozenDict``: ``FrozenDict([('key', value), ...])``."""
+        return f"FrozenDict({[(key, _thaw(value)) for key, value in self.items()]!r})"
+
     def __copy__(self) -> FrozenConfig:
         return self
 
     def __deepcopy__(self, memo: dict) -> FrozenConfig:
         return self
 
+
+FrozenDict = FrozenConfig  # diffusers' name for it, as its repr shows
 
 _EMPTY_CONFIG = FrozenConfig()
 

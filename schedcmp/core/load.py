@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ from .errors import ConfigError, WeightsError
 from .schedulers import SchedulerMixin
 
 if TYPE_CHECKING:  # the pipelines load only when a model does, so listing schedulers starts fast
-    from .pipeline import DenoisingPipeline
+    from .pipeline import DiffusionPipeline
 
 BUILTIN_SHAPES = "builtin:shapes"
 
@@ -34,12 +35,17 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a pipeline needs from a hub repository: configs, tokenizer files and safetensors weights only.
-HUB_PATTERNS = ("model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer/*")
+HUB_PATTERNS = ("model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer/*", "tokenizer_2/*")
+# The pipeline classes a model_index.json may name, and the module that defines each.
+PIPELINE_CLASSES = {
+    "StableDiffusionPipeline": "stable_diffusion",
+    "StableDiffusionXLPipeline": "stable_diffusion_xl",
+}
 
 
 def resolve_model_folder(model: str, variant: str | None = None, scheduler_only: bool = False) -> Path:
     """A local diffusers folder for ``model``: the folder itself, or a hub id fetched with huggingface_hub
-    (configs, tokenizer and safetensors weights; only the scheduler config with ``scheduler_only``)."""
+    (configs, tokenizers and safetensors weights; only the index and scheduler config with ``scheduler_only``)."""
     folder = Path(model).expanduser()
     if folder.is_dir():
         return folder
@@ -50,7 +56,7 @@ def resolve_model_folder(model: str, variant: str | None = None, scheduler_only:
     weights = f"*/*.{variant}.safetensors" if variant else "*/*.safetensors"
     patterns = [*HUB_PATTERNS, weights, f"{weights}.index.json"]
     if scheduler_only:
-        patterns = ["scheduler/scheduler_config.json"]
+        patterns = ["model_index.json", "scheduler/scheduler_config.json"]
     try:
         from huggingface_hub import snapshot_download
 
@@ -72,16 +78,43 @@ def resolve_model_folder(model: str, variant: str | None = None, scheduler_only:
         ) from None
 
 
+def read_model_index(folder: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``model_index.json`` of a diffusers folder, checked to name the ``required`` component folders."""
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise WeightsError(f"{folder} is not a diffusers model folder: it has no model_index.json")
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise WeightsError(f"{index_file} is not valid JSON ({err})") from None
+    if not isinstance(index, dict):
+        raise WeightsError(f"{index_file} must hold a JSON object, not {type(index).__name__}")
+    missing = [name for name in required if not (folder / name).is_dir()]
+    if missing:
+        kind = index.get("_class_name", "Stable Diffusion")
+        raise WeightsError(f"{folder} lacks the component folders {', '.join(missing)} of a {kind} model")
+    return index
+
+
+def pipeline_class(folder: Path) -> type[DiffusionPipeline]:
+    """The pipeline class a diffusers folder's ``model_index.json`` names (``_class_name``)."""
+    import importlib
+
+    name = read_model_index(folder).get("_class_name", "StableDiffusionPipeline")
+    if name not in PIPELINE_CLASSES:
+        raise WeightsError(f"{folder}: model_index.json names {name!r}; supported: {', '.join(PIPELINE_CLASSES)}")
+    return getattr(importlib.import_module(f".{PIPELINE_CLASSES[name]}", __package__), name)
+
+
 def load_pipeline(
     model: str,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     allow_pickle: bool = False,
     clip_skip: int | None = None,
-) -> DenoisingPipeline:
+) -> DiffusionPipeline:
     """The pipeline for ``builtin:shapes``, a diffusers folder or a hub id, on ``device`` in ``dtype``."""
     from .builtin import ShapesPipeline
-    from .pipeline import StableDiffusionPipeline
 
     if model == BUILTIN_SHAPES:
         if clip_skip:
@@ -92,7 +125,7 @@ def load_pipeline(
     if variant and not any(folder.glob("unet/*.fp16.safetensors")):
         variant = None  # no fp16 files: load the full-precision ones and cast
         folder = resolve_model_folder(model)
-    pipeline = StableDiffusionPipeline.from_pretrained(folder, dtype, device, variant, allow_pickle, clip_skip)
+    pipeline = pipeline_class(folder).from_pretrained(folder, dtype, device, variant, allow_pickle, clip_skip)
     pipeline.name = model
     return pipeline
 

@@ -1,10 +1,16 @@
-"""The CLIP text encoder (Radford et al. 2021) that conditions Stable Diffusion, built from its ``config.json``.
+"""The CLIP text encoders (Radford et al. 2021) that condition Stable Diffusion, built from their ``config.json``.
 
 The module tree is transformers' ``CLIPTextModel`` (``text_model.embeddings.token_embedding``, ...,
 ``text_model.encoder.layers.{i}.self_attn.q_proj``, ..., ``text_model.final_layer_norm``), so the state-dict keys
-of a Hub checkpoint load with ``load_state_dict(strict=True)``. :func:`convert_state_dict` accepts the two other
-layouts found in the wild: transformers >= 5 saves without the ``text_model.`` prefix, and transformers < 4.31
-saved a ``position_ids`` buffer that carries no weights.
+of a Hub checkpoint load with ``load_state_dict(strict=True)``; :class:`CLIPTextModelWithProjection` (SDXL's second
+encoder) adds ``text_projection.weight``, as transformers' class of that name does. :func:`convert_state_dict`
+accepts the two other layouts found in the wild: transformers >= 5 saves a ``CLIPTextModel`` without the
+``text_model.`` prefix (its ``CLIPTextModelWithProjection`` keeps it), and transformers < 4.31 saved a
+``position_ids`` buffer that carries no weights.
+
+SD 1.x/2.x condition on the last layer's hidden states after the final LayerNorm (:meth:`CLIPTextModel.forward`);
+SDXL (Podell et al. 2023) conditions on a layer's hidden states without it, by default the penultimate layer's,
+plus a pooled embedding of the end-of-text token (:meth:`CLIPTextModel.encode`).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +39,7 @@ _NEUTRAL: dict[str, tuple[Any, str]] = {
     "use_attention_mask": (False, "padding is handled by the causal mask, as in Stable Diffusion"),
     "model_type": ("clip_text_model", "this is CLIP's text encoder"),
 }
-# Keys read by other parts (tokenizer ids, projection head, weight init) or by nobody: ignored silently.
+# Keys read by other parts (tokenizer ids, weight init) or by nobody: ignored silently.
 _INFORMATIONAL = frozenset(
     {
         "_class_name",
@@ -43,13 +49,11 @@ _INFORMATIONAL = frozenset(
         "architectures",
         "bos_token_id",
         "dtype",
-        "eos_token_id",
         "initializer_factor",
         "initializer_range",
         "output_attentions",
         "output_hidden_states",
         "pad_token_id",
-        "projection_dim",
         "return_dict",
         "torch_dtype",
         "transformers_version",
@@ -58,6 +62,9 @@ _INFORMATIONAL = frozenset(
 _PREFIX = "text_model."
 _UNPREFIXED_ROOTS = ("embeddings.", "encoder.", "final_layer_norm.")
 _LEGACY_POSITION_IDS = "text_model.embeddings.position_ids"
+# transformers' configs written before its PR #24773 carry eos_token_id=2; for them the end-of-text token is found
+# as the highest id of each row (it is CLIP's last vocabulary entry), for newer ones by its id.
+_LEGACY_EOS_TOKEN_ID = 2
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ class CLIPTextConfig:
     max_position_embeddings: PositiveInt = 77
     hidden_act: str = "quick_gelu"  # transformers takes any activation name; we build HIDDEN_ACTS (checked below)
     layer_norm_eps: PositiveFloat = 1e-5
+    eos_token_id: int = _LEGACY_EOS_TOKEN_ID  # transformers 4's default, in every SD config; 5 defaults to 49407
+    projection_dim: PositiveInt = 512  # the width of CLIPTextModelWithProjection's pooled embedding
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -207,9 +216,32 @@ class CLIPEncoder(nn.Module):
         self.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(self, hidden_states: torch.Tensor, num_layers: int) -> torch.Tensor:
+        """The hidden states after the first ``num_layers`` layers."""
         for layer in self.layers[:num_layers]:
             hidden_states = layer(hidden_states)
         return hidden_states
+
+    def run_keeping(self, hidden_states: torch.Tensor, keep_after: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass through every layer: the last layer's output and the state after ``keep_after`` layers (0: the
+        input), i.e. transformers' ``hidden_states[keep_after]``."""
+        kept = hidden_states
+        for index, layer in enumerate(self.layers, start=1):
+            hidden_states = layer(hidden_states)
+            if index == keep_after:
+                kept = hidden_states
+        return hidden_states, kept
+
+
+def eos_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """The end-of-text position of each row of ``input_ids`` [B, T] -> [B], where CLIP pools (Radford et al. 2021).
+
+    With the legacy ``eos_token_id=2`` it is the first highest id of the row; otherwise the first position holding
+    ``eos_token_id`` (position 0 where none does), the rules of transformers' CLIP text model.
+    """
+    ids = input_ids.to(torch.int)
+    if eos_token_id == _LEGACY_EOS_TOKEN_ID:
+        return ids.argmax(dim=-1)
+    return (ids == eos_token_id).int().argmax(dim=-1)  # argmax returns the first of equal maxima
 
 
 class CLIPTextTransformer(nn.Module):
@@ -229,6 +261,40 @@ class CLIPTextTransformer(nn.Module):
         hidden_states = self.encoder(self.embeddings(input_ids), num_layers - skip)
         return self.final_layer_norm(hidden_states)
 
+    def encode(self, input_ids: torch.Tensor, hidden_state_from_end: int, eos_token_id: int) -> CLIPTextEncoding:
+        """transformers' ``hidden_states[-hidden_state_from_end]`` and ``pooler_output`` from one pass (SDXL)."""
+        num_layers = len(self.encoder.layers)
+        valid = isinstance(hidden_state_from_end, int) and not isinstance(hidden_state_from_end, bool)
+        if not (valid and 1 <= hidden_state_from_end <= num_layers + 1):
+            raise ConfigError(
+                f"hidden_state_from_end={hidden_state_from_end!r} is not supported; only 1 to {num_layers + 1} "
+                f"(1 is the last of this text encoder's {num_layers} layers, {num_layers + 1} its embeddings)"
+            )
+        # The states are [embeddings, layer 1, ..., layer L]: the k-th from the end follows L + 1 - k layers.
+        last, kept = self.encoder.run_keeping(self.embeddings(input_ids), num_layers + 1 - hidden_state_from_end)
+        normed = self.final_layer_norm(last)
+        rows = torch.arange(normed.shape[0], device=normed.device)
+        # [B, T, D] indexed at (row b, eos position of row b) for every b -> [B, D]
+        pooled = normed[rows, eos_positions(input_ids, eos_token_id).to(normed.device)]
+        return CLIPTextEncoding(hidden_states=kept, pooled=pooled)
+
+
+@dataclass(frozen=True)
+class CLIPTextEncoding:
+    """What SDXL (Podell et al. 2023) takes from a CLIP text encoder: one layer's states and a pooled embedding.
+
+    ``hidden_states`` [B, T, D] is a layer's output without the final LayerNorm (transformers'
+    ``hidden_states[-k]``); ``pooled`` is the final-LayerNormed last layer at each row's end-of-text token, [B, D]
+    (transformers' ``pooler_output``), projected to [B, projection_dim] by :class:`CLIPTextModelWithProjection`
+    (its ``text_embeds``).
+    """
+
+    hidden_states: torch.Tensor
+    pooled: torch.Tensor
+
+
+_Model = TypeVar("_Model", bound="CLIPTextModel")
+
 
 class CLIPTextModel(nn.Module):
     """CLIP's text encoder (Radford et al. 2021): ``input_ids`` [B, T] -> hidden states [B, T, D]."""
@@ -239,12 +305,12 @@ class CLIPTextModel(nn.Module):
         self.text_model = CLIPTextTransformer(config)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | CLIPTextConfig) -> CLIPTextModel:
+    def from_config(cls: type[_Model], config: Mapping[str, Any] | CLIPTextConfig) -> _Model:
         """Build the module (weights randomly initialised) from a ``config.json`` mapping or a config."""
         return cls(config if isinstance(config, CLIPTextConfig) else CLIPTextConfig.from_dict(config))
 
     @classmethod
-    def from_config_file(cls, path: str | Path) -> CLIPTextModel:
+    def from_config_file(cls: type[_Model], path: str | Path) -> _Model:
         """Build the module (weights randomly initialised) from a text encoder's ``config.json``."""
         return cls(CLIPTextConfig.from_file(path))
 
@@ -253,3 +319,25 @@ class CLIPTextModel(nn.Module):
         from the end (diffusers: ``hidden_states[-(k + 1)]``, then the final LayerNorm); ``clip_skip=0`` is None.
         """
         return self.text_model(input_ids, clip_skip)
+
+    def encode(self, input_ids: torch.Tensor, hidden_state_from_end: int = 1) -> CLIPTextEncoding:
+        """SDXL's conditioning (Podell et al. 2023): the hidden states of the layer ``hidden_state_from_end`` from
+        the end without the final LayerNorm (1: the last layer, ``num_hidden_layers + 1``: the embeddings; SDXL
+        asks for ``clip_skip + 2``), and the pooled end-of-text embedding, in one pass.
+        """
+        return self.text_model.encode(input_ids, hidden_state_from_end, self.config.eos_token_id)
+
+
+class CLIPTextModelWithProjection(CLIPTextModel):
+    """CLIP's text encoder with its projection head (Radford et al. 2021), SDXL's second (OpenCLIP) encoder."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__(config)
+        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+
+    def encode(self, input_ids: torch.Tensor, hidden_state_from_end: int = 1) -> CLIPTextEncoding:
+        """As :meth:`CLIPTextModel.encode`, with the pooled embedding projected to ``projection_dim`` (transformers'
+        ``text_embeds``, the pooled OpenCLIP embedding SDXL adds to its time embedding; Podell et al. 2023).
+        """
+        encoding = super().encode(input_ids, hidden_state_from_end)
+        return dataclasses.replace(encoding, pooled=self.text_projection(encoding.pooled))

@@ -49,12 +49,16 @@ def _is_neutral(value: Any, allowed: tuple[Any, ...]) -> bool:
 
 
 def select_config_keys(
-    component: str, raw: Mapping[str, Any], used: Iterable[str], neutral: Mapping[str, tuple[Any, ...]]
+    component: str,
+    raw: Mapping[str, Any],
+    used: Iterable[str],
+    neutral: Mapping[str, tuple[Any, ...]],
+    supported_models: str = "Stable Diffusion 1.x and 2.x models",
 ) -> dict[str, Any]:
     """Keep the keys a module uses; refuse a non-neutral value of a key we do not build; warn about unknown keys.
 
     Lists become tuples so the result can fill a frozen dataclass. ``neutral`` maps each refused key to the values
-    (diffusers' defaults) that mean "feature off".
+    (diffusers' defaults) that mean "feature off"; ``supported_models`` ends the refusal, in parentheses.
     """
     used = set(used)
     kept: dict[str, Any] = {}
@@ -66,7 +70,7 @@ def select_config_keys(
                 supported = " or ".join(json.dumps(v) for v in neutral[key])
                 raise ConfigError(
                     f'{component} config: "{key}": {json.dumps(value)} is not supported; schedcmp supports only '
-                    f'"{key}": {supported} (Stable Diffusion 1.x and 2.x models)'
+                    f'"{key}": {supported} ({supported_models})'
                 )
         elif not key.startswith("_") and key not in INFORMATIONAL_KEYS:
             warnings.warn(f'{component} config: ignoring unknown key "{key}"', ConfigWarning, stacklevel=3)

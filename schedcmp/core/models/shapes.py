@@ -357,11 +357,6 @@ def to_uint8(samples: torch.Tensor) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).numpy()  # [B, H, W, 3]
 
 
-def to_pil(samples: torch.Tensor) -> list[Image.Image]:
-    """Model-space samples [B, 3, H, W] -> one RGB PIL image each (the "VAE decode" of builtin:shapes)."""
-    return [Image.fromarray(a) for a in to_uint8(samples)]
-
-
 # --------------------------------------------------------------------------------------------------- reference
 
 
