@@ -81,7 +81,7 @@ def run(
     seed: Annotated[int | None, typer.Option(
         help="Seed of every run's generator (default 8).", rich_help_panel=SAMPLING)] = None,
     guidance: Annotated[float | None, typer.Option(
-        help="Classifier-free guidance scale (7.5).", rich_help_panel=SAMPLING)] = None,
+        help="Classifier-free guidance scale (the model's default: 7.5, SDXL 5.0).", rich_help_panel=SAMPLING)] = None,
     size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT (model default).", rich_help_panel=SAMPLING)] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP, rich_help_panel=MODEL)] = None,
     device: Annotated[Device | None, typer.Option(

@@ -106,6 +106,7 @@ def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int
             raise SchedcmpError(f"--cuda-graphs needs a CUDA device; this run is on {device.type} "
                                 "(use --compile instead)")
         pipeline = load_pipeline(plan.model, device, dtype, options.allow_pickle, plan.clip_skip)
+        plan = plan.with_model_defaults(pipeline)
         if options.compile_model or options.cuda_graphs:
             pipeline.compile(mode="reduce-overhead" if options.cuda_graphs else None)
         engine = Engine(pipeline, plan)

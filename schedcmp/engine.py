@@ -19,6 +19,7 @@ from .core.errors import ConfigError, NonFiniteError, SchedcmpError
 from .core.pipeline import DiffusionPipeline
 from .core.schedulers import EDMEulerScheduler, SchedulerMixin
 from .core.schedulers.base import randn_tensor
+from .core.schedulers.sigma_space import narrowed_grid_note
 from .errors import PlanError
 from .memory import free_memory_bytes, lanes_that_fit, peak_call_bytes
 from .plan import Plan, ReferenceSpec, RunSpec
@@ -134,7 +135,7 @@ class Engine:
 
     def __init__(self, pipeline: DiffusionPipeline, plan: Plan):
         self.pipeline = pipeline
-        self.plan = plan
+        plan = self.plan = plan.with_model_defaults(pipeline)
         self.device = pipeline.device
         self.generator_device = torch.device(plan.generator_device) if plan.generator_device else self.device
         width, height = plan.size or pipeline.default_size
@@ -165,6 +166,9 @@ class Engine:
                 UserWarning,
                 stacklevel=2,
             )
+        narrowed = narrowed_grid_note(scheduler)
+        if narrowed is not None:
+            warnings.warn(f"{name} ({spec.label}, {spec.steps} steps): {narrowed}", UserWarning, stacklevel=2)
         return RunResult(index, spec, scheduler)
 
     def _prepare_reference(self, spec: ReferenceSpec | None) -> ReferenceResult | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import itertools
@@ -105,7 +106,7 @@ class Plan:
     negative_prompt: str
     seed: int
     size: tuple[int, int] | None
-    guidance: float
+    guidance: float | None  # None until with_model_defaults: the model's default
     device: str
     dtype: str
     mode: Literal["sequential", "batched"]
@@ -117,6 +118,12 @@ class Plan:
     reference: ReferenceSpec | None = None
     target_error: float = DEFAULT_TARGET_ERROR
     source: Path | None = None
+
+    def with_model_defaults(self, pipeline: Any) -> Plan:
+        """The plan with what it left to the model filled in from the loaded pipeline (its default guidance)."""
+        if self.guidance is not None:
+            return self
+        return dataclasses.replace(self, guidance=pipeline.default_guidance)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -535,8 +542,8 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
     seed = value("seed", 8)
     if not _is_whole(seed) or not 0 <= seed <= MAX_SEED:
         raise source("seed").error(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}", "seed")
-    guidance = value("guidance", 7.5)
-    if not _is_number(guidance) or not 0 <= guidance <= 100:
+    guidance = value("guidance", None)  # None: the model's default (SD 7.5, SDXL 5.0), filled in once it loads
+    if guidance is not None and (not _is_number(guidance) or not 0 <= guidance <= 100):
         raise source("guidance").error(f"guidance must be a number from 0 to 100, got {guidance!r}", "guidance")
 
     size = None
@@ -583,7 +590,7 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         negative_prompt=negative_prompt,
         seed=int(seed),
         size=size,
-        guidance=float(guidance),
+        guidance=None if guidance is None else float(guidance),
         device=picked["device"],
         dtype=picked["dtype"],
         mode=picked["mode"],

@@ -44,8 +44,18 @@ def test_flags_make_a_cross_product_of_schedulers_and_steps() -> None:
 
 def test_defaults() -> None:
     plan = build_plan(None, {"prompt": "x", "schedulers": "ddim"})
-    assert (plan.model, plan.seed, plan.guidance, plan.mode, plan.size) == ("builtin:shapes", 8, 7.5, "sequential", None)
+    assert (plan.model, plan.seed, plan.guidance, plan.mode, plan.size) == ("builtin:shapes", 8, None, "sequential", None)
     assert [r.steps for r in plan.runs] == [20]
+
+
+@pytest.mark.parametrize(("given", "model_default", "expected"), [(None, 7.5, 7.5), (None, 5.0, 5.0), (3.0, 5.0, 3.0)])
+def test_guidance_left_out_is_the_model_default(given, model_default, expected) -> None:
+    plan = build_plan(None, {"prompt": "x", "schedulers": "ddim", "guidance": given})
+
+    class Model:
+        default_guidance = model_default
+
+    assert plan.with_model_defaults(Model()).guidance == expected
 
 
 def test_flags_override_the_file(tmp_path: Path) -> None:

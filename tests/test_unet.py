@@ -18,7 +18,7 @@ from schedcmp.core.errors import ConfigError, ConfigWarning
 from schedcmp.core.models.unet import UNet2DConditionConfig, UNet2DConditionModel
 
 SD15_UNET_CONFIG = Path(__file__).parent / "fixtures" / "sd15" / "unet" / "config.json"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # real SDXL configs, where present
+SDXL_CONFIGS = Path(__file__).parent / "fixtures" / "sdxl"  # the real SDXL base and refiner configs
 TOLERANCE = 1e-5
 
 SHAPES = {
@@ -224,12 +224,11 @@ def test_real_config_builds_diffusers_parameter_tree_on_meta(config):
     assert all(p.is_meta for p in ours.parameters())
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "sdxl").is_dir(), reason="the real SDXL configs are not present")
 @pytest.mark.parametrize("model", ["base", "refiner"])
 def test_real_sdxl_config_file_reads_as_its_table_without_warnings(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        config = UNet2DConditionConfig.from_file(SHARED_DATA / "sdxl" / model / "unet" / "config.json")
+        config = UNet2DConditionConfig.from_file(SDXL_CONFIGS / model / "unet" / "config.json")
     assert config == UNet2DConditionConfig.from_dict(sd15_config(**REAL_CONFIG_CHANGES[f"sdxl-{model}"]))
 
 

@@ -323,3 +323,22 @@ class TwoStageScheduler(SigmaScheduler):
             raise RuntimeError(f"{type(self).__name__}: a second stage needs its first stage (begin_index is odd)")
         sample, self._stage_sample = self._stage_sample, None
         return sample
+
+
+def narrowed_grid_note(scheduler: SchedulerMixin) -> str | None:
+    """Where a sigma-space scheduler's Karras / exponential / beta grid (set by ``set_timesteps``) spans less than
+    the training range because its ``timestep_spacing`` is not "linspace" (SDXL's config says "leading"): the
+    bounds and how to match A1111 and ComfyUI, which space such grids over the whole range (Karras et al. 2022,
+    eq. 5). None where the grid spans the range."""
+    grid = chosen_sigma_grid(scheduler.config)
+    spacing = scheduler.config.get("timestep_spacing", "linspace")
+    if grid is None or spacing == "linspace" or not isinstance(scheduler, SigmaScheduler):
+        return None
+    used = scheduler.sigmas[scheduler.sigmas > 0]
+    full = sigmas_from_alphas_cumprod(scheduler.alphas_cumprod)
+    high, low, full_high, full_low = (float(x) for x in (used.max(), used.min(), full.max(), full.min()))
+    if high >= full_high * 0.999 and low <= full_low * 1.001:
+        return None
+    return (f'the {grid} sigmas span {high:.2f} -> {low:.3f}, bounded by timestep_spacing "{spacing}" instead of '
+            f"the training range {full_high:.2f} -> {full_low:.3f} that A1111 and ComfyUI use; "
+            "add timestep_spacing: linspace to the run's options to match them")
