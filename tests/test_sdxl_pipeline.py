@@ -270,3 +270,14 @@ def test_encoders_that_do_not_fit_the_unet_are_refused(pair):
 def test_prompt_2_list_of_another_length_is_refused(pair):
     with pytest.raises(ConfigError, match=r"^prompt_2 has 3 entries for 1 prompts$"):
         pair[1](PROMPT, prompt_2=["a", "b", "c"], num_inference_steps=1, **SIZE)
+
+
+def test_vae_overflowing_in_fp16_decodes_again_in_fp32_with_a_warning(folder, pair):
+    half = load_pipeline(str(folder), dtype=torch.float16)
+    half.vae.half()  # as a VAE whose config says force_upcast: false (the fp16-fix VAEs) is loaded
+    with torch.no_grad():
+        half.vae.decoder.conv_in.weight.mul_(3e4)  # activations beyond fp16's 65504: inf, then NaN in the norms
+    latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float16)
+    with pytest.warns(UserWarning, match=r"the VAE decoded NaN in float16; decoding in fp32 from now on$"):
+        pixels = half.decode_pixels(latents)
+    assert torch.isfinite(pixels).all() and next(half.vae.parameters()).dtype == torch.float32

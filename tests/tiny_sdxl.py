@@ -3,8 +3,9 @@
 SDXL's topology at toy widths: three UNet levels, the first without attention, per-block transformer depths
 (1, 1, 2) so the mid block's depth differs from the first level's, ``text_time`` micro-conditioning with 6 time ids,
 two text encoders of different widths (CLIP-L-like 32 with quick_gelu, bigG-like 64 with gelu and a projection),
-both tokenizer pad conventions (``<|endoftext|>`` and ``!``), the legacy ``eos_token_id=2`` pooling rule, SDXL's VAE
-scaling and its Euler ``leading`` scheduler config.
+both tokenizer pad conventions (``<|endoftext|>`` and ``!``) and file formats (``tokenizer.json``; ``vocab.json`` +
+``merges.txt``), the legacy ``eos_token_id=2`` pooling rule, SDXL's VAE scaling and its Euler ``leading`` scheduler
+config.
 """
 
 from __future__ import annotations
@@ -65,12 +66,13 @@ def build_tiny_sdxl(folder: Path, seed: int = 0, force_zeros_for_empty_prompt: b
         hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, hidden_act="gelu",
         projection_dim=48,
     )).eval()
-    tokenizers = []
+    vocabs = []
     for name, style in (("tokenizer", "sd1"), ("tokenizer_2", "sd2")):
         vocab = write_clip_vocab(folder.parent / f"{folder.name}-{name}")
         for file in (FIXTURES / "clip-tokenizer" / style).glob("*.json"):
             shutil.copy(file, vocab)
-        tokenizers.append(transformers.CLIPTokenizer.from_pretrained(vocab))
+        vocabs.append(vocab)
+    tokenizers = [transformers.CLIPTokenizer.from_pretrained(vocab) for vocab in vocabs]
     pipe = diffusers.StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -83,6 +85,11 @@ def build_tiny_sdxl(folder: Path, seed: int = 0, force_zeros_for_empty_prompt: b
         add_watermarker=False,
     )
     pipe.save_pretrained(folder)
+    # tokenizer/ keeps transformers 5's tokenizer.json; tokenizer_2/ gets the vocab.json + merges.txt of the Hub's
+    # SDXL folders, so both formats are read
+    (folder / "tokenizer_2" / "tokenizer.json").unlink()
+    for file in vocabs[1].iterdir():
+        shutil.copy(file, folder / "tokenizer_2")
     saved = diffusers.StableDiffusionXLPipeline.from_pretrained(folder, add_watermarker=False)
     saved.set_progress_bar_config(disable=True)
     return saved
