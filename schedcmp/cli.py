@@ -115,7 +115,7 @@ def run(
     expect: Annotated[Path | None, typer.Option(
         help="Compare the images with a previous run's --out folder; exit 1 on drift.", rich_help_panel=CHECKS)] = None,
     tolerance: Annotated[float, typer.Option(
-        min=0, help="Lowest PSNR in dB an image may have against --expect's.", rich_help_panel=CHECKS)] = 40.0,
+        help="Lowest PSNR in dB an image may have against --expect's.", rich_help_panel=CHECKS)] = 40.0,
     check_determinism: Annotated[bool, typer.Option(
         "--check-determinism", help="Sample the first run twice; exit 1 if they differ.", rich_help_panel=CHECKS)
     ] = False,

@@ -47,6 +47,10 @@ class RunOptions:
     check_determinism: bool = False
     json_output: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.tolerance >= 0:  # NaN too
+            raise SchedcmpError(f"--tolerance must be a PSNR in dB, 0 or more; got {self.tolerance:g}")
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' is CUDA when present, else Apple's MPS, else the CPU; an absent device is a user error."""

@@ -36,9 +36,10 @@ CASES = [
      "error: Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda', 'mps' "
      "(see 'schedcmp run --help')"),
     ("unknown command", _nothing, ["sample"], 2, "error: No such command 'sample' (see 'schedcmp --help')"),
-    ("negative tolerance", _nothing, ["run", "--tolerance", "-1"], 2,
-     "error: Invalid value for '--tolerance': Input should be greater than or equal to 0 "
-     "(see 'schedcmp run --help')"),
+    ("negative tolerance", _nothing, ["run", "--tolerance", "-1"], 1,
+     "error: --tolerance must be a PSNR in dB, 0 or more; got -1"),
+    ("nan tolerance", _nothing, ["run", "--tolerance", "nan"], 1,
+     "error: --tolerance must be a PSNR in dB, 0 or more; got nan"),
     ("zero steps", _nothing, ["run", "--schedulers", "ddim", "--steps", "0"], 1,
      "error: steps must be at least 1, got 0"),
     ("steps that are not numbers", _nothing, ["run", "--schedulers", "ddim", "--steps", "ten"], 1,
