@@ -33,6 +33,11 @@ class Device(str, Enum):
     mps = "mps"
 
 
+class Prediction(str, Enum):
+    epsilon = "epsilon"
+    v_prediction = "v_prediction"
+
+
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
@@ -93,6 +98,9 @@ def run(
         rich_help_panel=MODEL)] = None,
     clip_skip: Annotated[int | None, typer.Option(
         help="Use the text encoder's k-th last layer (SD models).", rich_help_panel=MODEL)] = None,
+    prediction_type: Annotated[Prediction | None, typer.Option(
+        case_sensitive=False, help="What a checkpoint file's UNet predicts (SD 2.x files cannot say; assumed: "
+        "v_prediction).", rich_help_panel=MODEL)] = None,
     allow_pickle: Annotated[bool, typer.Option(
         help="Also load pickled .bin/.ckpt weights, with torch.load(weights_only=True).",
         rich_help_panel=MODEL)] = False,
@@ -134,6 +142,7 @@ def run(
         "model": model, "seed": seed, "guidance": guidance, "size": size, "device": _value(device),
         "dtype": _value(dtype), "mode": None if batched is None else ("batched" if batched else "sequential"),
         "max_batch": max_batch, "generator_device": _value(generator_device), "clip_skip": clip_skip,
+        "prediction_type": _value(prediction_type),
         "reference": reference, "target_error": target_error,
     }
 

@@ -109,7 +109,7 @@ def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int
         if options.cuda_graphs and device.type != "cuda":
             raise SchedcmpError(f"--cuda-graphs needs a CUDA device; this run is on {device.type} "
                                 "(use --compile instead)")
-        pipeline = load_pipeline(plan.model, device, dtype, options.allow_pickle, plan.clip_skip)
+        pipeline = load_pipeline(plan.model, device, dtype, options.allow_pickle, plan.clip_skip, plan.prediction_type)
         plan = plan.with_model_defaults(pipeline)
         if options.compile_model or options.cuda_graphs:
             pipeline.compile(mode="reduce-overhead" if options.cuda_graphs else None)

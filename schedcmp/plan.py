@@ -20,6 +20,8 @@ from .core.errors import ConfigError, UnknownSchedulerError
 from .core.schedulers import SchedulerPreset, resolve_scheduler
 from .errors import PlanError
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what a UNet predicts: the noise, or v (Salimans & Ho 2022)
+
 PLAN_KEYS = (
     "model",
     "prompt",
@@ -33,6 +35,7 @@ PLAN_KEYS = (
     "max_batch",
     "generator_device",
     "clip_skip",
+    "prediction_type",
     "schedulers",
     "steps",
     "runs",
@@ -115,6 +118,7 @@ class Plan:
     layout: Literal["matrix", "list"]
     generator_device: str | None = None
     clip_skip: int | None = None
+    prediction_type: str | None = None  # a checkpoint file's UNet output, where the file cannot tell (SD 2.x)
     reference: ReferenceSpec | None = None
     target_error: float = DEFAULT_TARGET_ERROR
     source: Path | None = None
@@ -139,6 +143,7 @@ class Plan:
             "max_batch": self.max_batch,
             "generator_device": self.generator_device,
             "clip_skip": self.clip_skip,
+            "prediction_type": self.prediction_type,
             "layout": self.layout,
             "reference": self.reference.to_json() if self.reference else None,
             "target_error": self.target_error,
@@ -570,6 +575,10 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
     if generator_device is not None and generator_device not in DEVICES[1:]:
         message = f"generator_device must be one of {', '.join(DEVICES[1:])}; got {generator_device!r}"
         raise source("generator_device").error(message, "generator_device")
+    prediction_type = value("prediction_type", None)
+    if prediction_type not in (None, *PREDICTION_TYPES):
+        message = f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}"
+        raise source("prediction_type").error(message, "prediction_type")
     clip_skip = value("clip_skip", None)
     if clip_skip is not None and (not _is_whole(clip_skip) or clip_skip < 0):
         raise source("clip_skip").error(f"clip_skip must be a whole number >= 0, got {clip_skip!r}", "clip_skip")
@@ -599,6 +608,7 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         layout=layout,
         generator_device=generator_device,
         clip_skip=clip_skip or None,
+        prediction_type=prediction_type,
         reference=reference,
         target_error=float(target_error),
         source=path,

@@ -112,14 +112,22 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     allow_pickle: bool = False,
     clip_skip: int | None = None,
+    prediction_type: str | None = None,
 ) -> DiffusionPipeline:
-    """The pipeline for ``builtin:shapes``, a diffusers folder or a hub id, on ``device`` in ``dtype``."""
+    """The pipeline for ``builtin:shapes``, a checkpoint file, a diffusers folder or a hub id, on ``device`` in
+    ``dtype`` (``prediction_type``: what a checkpoint file's UNet predicts, where the file cannot tell)."""
     from .builtin import ShapesPipeline
+    from .single_file.checkpoint import is_single_file
 
     if model == BUILTIN_SHAPES:
         if clip_skip:
             raise ConfigError(f"clip_skip applies to models with a CLIP text encoder; {BUILTIN_SHAPES} has none")
         return ShapesPipeline(device=device, dtype=dtype)
+    if is_single_file(model):
+        from .single_file.loader import load_single_file
+
+        return load_single_file(model, dtype=dtype, device=device, allow_pickle=allow_pickle, clip_skip=clip_skip,
+                                prediction_type=prediction_type)
     variant = "fp16" if dtype == torch.float16 else None
     folder = resolve_model_folder(model, variant)
     if variant and not any(folder.glob("unet/*.fp16.safetensors")):
@@ -134,4 +142,12 @@ def load_scheduler_config(model: str) -> dict[str, Any]:
     """The model's scheduler config alone (no weights): the built-in one, or ``<folder>/scheduler/``."""
     if model == BUILTIN_SHAPES:
         return dict(SD15_SCHEDULER_CONFIG)
+    from .single_file.checkpoint import is_single_file
+
+    if is_single_file(model):
+        from .single_file.architecture import default_config
+        from .single_file.checkpoint import Checkpoint
+        from .single_file.family import classify
+
+        return default_config(classify(Checkpoint(model, allow_pickle=True)), "scheduler")
     return SchedulerMixin.load_config(resolve_model_folder(model, scheduler_only=True), subfolder="scheduler")

@@ -107,6 +107,18 @@ class DiffusionPipeline(ABC):
         target = pipeline_class(resolve_model_folder(str(model), scheduler_only=True))
         return target.from_pretrained(model, **kwargs)
 
+    @classmethod
+    def from_single_file(cls, path: str | Path, **kwargs: Any) -> DiffusionPipeline:
+        """Load one original-layout checkpoint file as the pipeline of the family its keys show (SD 1.x / 2.x or
+        SDXL)."""
+        from .single_file.loader import load_single_file
+        from .stable_diffusion import pick_dtype
+
+        if cls is not DiffusionPipeline:
+            raise NotImplementedError(f"{cls.__name__} does not load from checkpoint files")
+        dtype = pick_dtype(kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None))
+        return load_single_file(path, dtype=dtype, **kwargs)
+
     @abstractmethod
     def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[Conditioning, Conditioning]:
         """(cond, uncond) conditioning, each with a leading batch dimension of 1."""

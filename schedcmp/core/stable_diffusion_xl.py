@@ -133,6 +133,24 @@ class StableDiffusionXLPipeline(LatentDiffusionPipeline):
             clip_skip=clip_skip,
         )
 
+    @classmethod
+    def from_single_file(
+        cls,
+        path: str | Path,
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        allow_pickle: bool = False,
+        clip_skip: int | None = None,
+        prediction_type: str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> StableDiffusionXLPipeline:
+        """Load one original-layout checkpoint file (SDXL base or a fine-tune); the architecture is read
+        from its tensors."""
+        from .single_file.loader import load_single_file
+
+        return load_single_file(path, ("sdxl",), dtype=pick_dtype(torch_dtype, dtype), device=device,
+                                allow_pickle=allow_pickle, clip_skip=clip_skip, prediction_type=prediction_type)
+
     def modules(self) -> dict[str, torch.nn.Module]:
         """text_encoder, text_encoder_2, unet and vae."""
         return {"text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2, "unet": self.unet,

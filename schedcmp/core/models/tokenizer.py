@@ -17,6 +17,7 @@ A prompt goes through the same stages as transformers' ``CLIPTokenizer`` (the ``
 from __future__ import annotations
 
 import functools
+import gzip
 import itertools
 import json
 import re
@@ -33,6 +34,7 @@ import torch
 from ..errors import ConfigError
 
 END_OF_WORD = "</w>"
+CLIP_MERGES = 49152 - 256 - 2  # the merges of CLIP's 49,408-token vocabulary (256 bytes twice, merges, 2 specials)
 DEFAULT_MAX_LENGTH = 77  # CLIP's context length, used when tokenizer_config.json does not give model_max_length
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 DEFAULT_SPECIAL_TOKENS = {
@@ -181,6 +183,18 @@ class CLIPTokenizer:
             special_tokens=special_tokens,
             model_max_length=settings.model_max_length,
         )
+
+    @classmethod
+    def from_bpe_file(cls, path: str | Path, pad_token: str = DEFAULT_SPECIAL_TOKENS["pad_token"]) -> CLIPTokenizer:
+        """CLIP's tokenizer from OpenAI's merge list ``bpe_simple_vocab_16e6.txt.gz`` (Radford et al. 2021): the
+        256 byte symbols, each also with ``</w>``, the first 48,894 merges in rank order, then the two special
+        tokens: the 49,408-token vocabulary every SD 1.x / 2.x / SDXL tokenizer has (only the pad token differs)."""
+        lines = gzip.open(path).read().decode("utf-8").split("\n")
+        merges = [tuple(line.split()) for line in lines[1 : CLIP_MERGES + 1]]
+        symbols = list(bytes_to_unicode().values())
+        tokens = [*symbols, *(s + "</w>" for s in symbols), *("".join(pair) for pair in merges)]
+        tokens += [DEFAULT_SPECIAL_TOKENS["bos_token"], DEFAULT_SPECIAL_TOKENS["eos_token"]]
+        return cls({token: i for i, token in enumerate(tokens)}, merges, pad_token=pad_token)
 
     # ----------------------------------------------------------------------------------------------- encoding
 
