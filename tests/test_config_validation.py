@@ -24,10 +24,11 @@ from schedcmp.core.models.clip import CLIPTextConfig
 from schedcmp.core.models.unet import UNet2DConditionConfig
 from schedcmp.core.models.vae import AutoencoderKLConfig
 from schedcmp.core.schedulers import ALIASES, DDIMScheduler, SchedulerMixin
+from schedcmp.core.single_file.architecture import CONFIGS as SINGLE_FILE_CONFIGS
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # real SD 1.5 / 2.1 / SDXL configs
-REAL_ROOTS = [FIXTURES, *([SHARED_DATA] if SHARED_DATA.is_dir() else [])]
+# the real SD 1.5 / 2.1 / SDXL configs: the test fixtures and those shipped for single-file checkpoints
+REAL_ROOTS = [FIXTURES, SINGLE_FILE_CONFIGS]
 
 COUNT = "a whole number >= 1"
 BETA = "a number between 0 and 1 (exclusive)"
@@ -257,11 +258,10 @@ def _component_class(file: Path) -> type | None:
 def test_every_real_model_config_passes_the_value_checks(file: Path) -> None:
     cls = _component_class(file)
     raw = json.loads(file.read_text())
-    check_values(cls.__name__, cls, raw)  # SDXL UNets included: their values are valid, their architecture is not ours
-    if not (cls is UNet2DConditionConfig and raw.get("addition_embed_type")):
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            cls.from_file(file)
+    check_values(cls.__name__, cls, raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cls.from_file(file)
 
 
 EDGE_VALUES: tuple[tuple[str, Any] | tuple[str, Any, set[str]], ...] = (
