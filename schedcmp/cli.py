@@ -98,6 +98,9 @@ def run(
         rich_help_panel=MODEL)] = None,
     clip_skip: Annotated[int | None, typer.Option(
         help="Use the text encoder's k-th last layer (SD models).", rich_help_panel=MODEL)] = None,
+    vae: Annotated[str | None, typer.Option(
+        help="Decode with this VAE: a .safetensors file (A1111's VAE files) or a diffusers VAE folder.",
+        rich_help_panel=MODEL)] = None,
     prediction_type: Annotated[Prediction | None, typer.Option(
         case_sensitive=False, help="What a checkpoint file's UNet predicts (SD 2.x files cannot say; assumed: "
         "v_prediction).", rich_help_panel=MODEL)] = None,
@@ -142,7 +145,7 @@ def run(
         "model": model, "seed": seed, "guidance": guidance, "size": size, "device": _value(device),
         "dtype": _value(dtype), "mode": None if batched is None else ("batched" if batched else "sequential"),
         "max_batch": max_batch, "generator_device": _value(generator_device), "clip_skip": clip_skip,
-        "prediction_type": _value(prediction_type),
+        "prediction_type": _value(prediction_type), "vae": vae,
         "reference": reference, "target_error": target_error,
     }
 

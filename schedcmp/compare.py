@@ -109,7 +109,8 @@ def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int
         if options.cuda_graphs and device.type != "cuda":
             raise SchedcmpError(f"--cuda-graphs needs a CUDA device; this run is on {device.type} "
                                 "(use --compile instead)")
-        pipeline = load_pipeline(plan.model, device, dtype, options.allow_pickle, plan.clip_skip, plan.prediction_type)
+        pipeline = load_pipeline(plan.model, device, dtype, options.allow_pickle, plan.clip_skip, plan.prediction_type,
+                                 plan.vae)
         plan = plan.with_model_defaults(pipeline)
         if options.compile_model or options.cuda_graphs:
             pipeline.compile(mode="reduce-overhead" if options.cuda_graphs else None)
@@ -117,7 +118,7 @@ def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int
     size = plan.size or pipeline.default_size
     staging = folder.open_staging()
     try:
-        writer = ResultWriter(staging, plan, size)
+        writer = ResultWriter(staging, plan, size, pipeline.provenance)
         with shown_warnings(notes):
             report = _sample(engine, plan, writer)
         with signals.deferred():

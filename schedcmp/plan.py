@@ -36,6 +36,7 @@ PLAN_KEYS = (
     "generator_device",
     "clip_skip",
     "prediction_type",
+    "vae",
     "schedulers",
     "steps",
     "runs",
@@ -119,6 +120,7 @@ class Plan:
     generator_device: str | None = None
     clip_skip: int | None = None
     prediction_type: str | None = None  # a checkpoint file's UNet output, where the file cannot tell (SD 2.x)
+    vae: str | None = None  # a VAE file or folder decoding instead of the model's
     reference: ReferenceSpec | None = None
     target_error: float = DEFAULT_TARGET_ERROR
     source: Path | None = None
@@ -144,6 +146,7 @@ class Plan:
             "generator_device": self.generator_device,
             "clip_skip": self.clip_skip,
             "prediction_type": self.prediction_type,
+            "vae": self.vae,
             "layout": self.layout,
             "reference": self.reference.to_json() if self.reference else None,
             "target_error": self.target_error,
@@ -575,6 +578,9 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
     if generator_device is not None and generator_device not in DEVICES[1:]:
         message = f"generator_device must be one of {', '.join(DEVICES[1:])}; got {generator_device!r}"
         raise source("generator_device").error(message, "generator_device")
+    vae = value("vae", None)
+    if vae is not None and (not isinstance(vae, str) or not vae.strip()):
+        raise source("vae").error(f"vae must be the path of a VAE file or folder, got {vae!r}", "vae")
     prediction_type = value("prediction_type", None)
     if prediction_type not in (None, *PREDICTION_TYPES):
         message = f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}"
@@ -609,6 +615,7 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         generator_device=generator_device,
         clip_skip=clip_skip or None,
         prediction_type=prediction_type,
+        vae=vae,
         reference=reference,
         target_error=float(target_error),
         source=path,

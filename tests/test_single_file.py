@@ -3,6 +3,7 @@ tests/single_file_writer.py load with their architecture read from the tensors a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from single_file_writer import build_tiny, write_single_file
+from single_file_writer import build_tiny, convert_vae, load_component, write_single_file
 from typer.testing import CliRunner
 
 import schedcmp.core as core
@@ -208,3 +209,81 @@ def test_pickled_file_needs_allow_pickle(models, tmp_path):
         core.DiffusionPipeline.from_single_file(path)
     ours = core.DiffusionPipeline.from_single_file(path, allow_pickle=True)
     assert type(ours) is core.StableDiffusionPipeline
+
+
+# ------------------------------------------------------------------------------------------------ --vae, the record
+
+
+@pytest.fixture(scope="module")
+def other_vae(models, tmp_path_factory) -> tuple[diffusers.AutoencoderKL, Path, Path]:
+    """Another tiny SD1's VAE: its diffusers model, a standalone LDM-layout file (as A1111's VAE files are:
+    no prefix) and its diffusers folder."""
+    root = tmp_path_factory.mktemp("vae")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = build_tiny("sd1", root / "other", seed=1)
+    weights, config = load_component(root / "other", "vae")
+    standalone = {key.removeprefix("first_stage_model."): value for key, value in convert_vae(weights, config).items()}
+    return other.vae, write(root / "vae-ft.safetensors", standalone), root / "other" / "vae"
+
+
+@pytest.mark.parametrize("kind", ["ldm-file", "diffusers-folder"])
+def test_vae_swap_decodes_with_the_other_vae_as_diffusers_does(models, other_vae, kind):
+    theirs, file = models["sd1"]
+    vae = other_vae[1] if kind == "ldm-file" else other_vae[2]
+    ours = load_pipeline(str(file), vae=str(vae))
+    for key, tensor in ours.vae.state_dict().items():
+        assert torch.equal(tensor, other_vae[0].state_dict()[key]), key
+    original = theirs.vae
+    try:
+        theirs.vae = other_vae[0]
+        base = dict(ours.scheduler.config)
+        expected = images(theirs, base, "EulerDiscreteScheduler", {}, 3)
+    finally:
+        theirs.vae = original
+    assert np.abs(images(ours, base, "EulerDiscreteScheduler", {}, 3) - expected).max() <= TOLERANCE
+
+
+def test_a_file_without_a_vae_is_refused_as_vae(models, tmp_path):
+    path = write(tmp_path / "nothing.safetensors", {"x": torch.zeros(2)})
+    with pytest.raises(WeightsError, match=rf"^{path} is not a VAE: it has neither encoder.down.0.block.0.conv1.weight"):
+        load_pipeline(str(models["sd1"][1]), vae=str(path))
+
+
+def test_builtin_shapes_has_no_vae_to_swap(other_vae):
+    with pytest.raises(ConfigError, match=r"^--vae applies to latent-diffusion models; builtin:shapes has no VAE$"):
+        load_pipeline("builtin:shapes", vae=str(other_vae[1]))
+
+
+def test_the_record_names_the_file_its_hash_and_what_was_inferred(models, other_vae, tmp_path):
+    from PIL import Image
+
+    file = models["sdxl"][1]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", "--model", str(file), "--prompt", PROMPT, "--schedulers", "euler",
+                                      "--steps", "2", "--size", "64x64", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    provenance = json.loads((out / "results.json").read_text())["environment"]["provenance"]
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    assert (provenance["file"], provenance["sha256"], provenance["hash"]) == (str(file), digest, digest[:10])
+    assert provenance["family"] == "SDXL" and provenance["prediction_type"] == "epsilon"
+    assert provenance["inferred"]["unet"]["transformer_layers_per_block"] == [1, 1, 2]
+    (image,) = (out / "images").iterdir()
+    assert f"Model hash: {digest[:10]}, Model: {file}" in Image.open(image).text["parameters"]
+
+
+def test_the_record_names_a_swapped_vae(models, other_vae, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", "--model", str(models["sd1"][1]), "--vae", str(other_vae[1]),
+                                      "--prompt", PROMPT, "--schedulers", "euler", "--steps", "2", "--size", "64x64",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "results.json").read_text())
+    digest = hashlib.sha256(other_vae[1].read_bytes()).hexdigest()
+    assert record["plan"]["vae"] == str(other_vae[1])
+    assert record["environment"]["provenance"]["vae"] == {"file": str(other_vae[1]), "sha256": digest,
+                                                          "hash": digest[:10]}
+    (image,) = (out / "images").iterdir()
+    assert f"VAE hash: {digest[:10]}, VAE: vae-ft.safetensors, Model: " in Image.open(image).text["parameters"]

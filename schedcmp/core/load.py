@@ -113,9 +113,28 @@ def load_pipeline(
     allow_pickle: bool = False,
     clip_skip: int | None = None,
     prediction_type: str | None = None,
+    vae: str | None = None,
 ) -> DiffusionPipeline:
     """The pipeline for ``builtin:shapes``, a checkpoint file, a diffusers folder or a hub id, on ``device`` in
-    ``dtype`` (``prediction_type``: what a checkpoint file's UNet predicts, where the file cannot tell)."""
+    ``dtype`` (``prediction_type``: what a checkpoint file's UNet predicts, where the file cannot tell; ``vae``: a
+    VAE file or folder to decode with instead of the model's)."""
+    pipeline = _load_model(model, device, dtype, allow_pickle, clip_skip, prediction_type)
+    if vae is not None:
+        from .single_file.loader import file_record
+        from .single_file.vae_file import load_vae
+
+        if not hasattr(pipeline, "replace_vae"):
+            raise ConfigError(f"--vae applies to latent-diffusion models; {model} has no VAE")
+        pipeline.replace_vae(load_vae(vae, pipeline.vae.config, dtype, device, allow_pickle), vae)
+        vae_path = Path(vae).expanduser()
+        record = file_record(vae_path) if vae_path.is_file() else {"folder": str(vae_path)}
+        pipeline.provenance = {**(pipeline.provenance or {}), "vae": record}
+    return pipeline
+
+
+def _load_model(model: str, device: torch.device | str, dtype: torch.dtype, allow_pickle: bool,
+                clip_skip: int | None, prediction_type: str | None) -> DiffusionPipeline:
+    """The model alone (see load_pipeline)."""
     from .builtin import ShapesPipeline
     from .single_file.checkpoint import is_single_file
 

@@ -81,6 +81,8 @@ class DiffusionPipeline(ABC):
     cpu_threads: int | None = None
     _num_timesteps = 0
     _interrupt = False
+    # Where the weights came from, for the record: a checkpoint file's hash and what was read from it, a swapped VAE.
+    provenance: dict[str, Any] | None = None
 
     @property
     def num_timesteps(self) -> int:
@@ -204,6 +206,7 @@ class DiffusionPipeline(ABC):
                 "python": platform.python_version(),
             },
             "platform": platform.platform(),
+            **({"provenance": self.provenance} if self.provenance else {}),
         }
 
 

@@ -78,6 +78,14 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         sample_size = self.unet.config.sample_size or 64
         self.default_size = (sample_size * self.vae_scale_factor, sample_size * self.vae_scale_factor)
 
+    def replace_vae(self, vae: AutoencoderKL, source: str) -> None:
+        """Decode with another VAE (A1111's VAE swap); it must make the latents this UNet denoises."""
+        if vae.config.latent_channels != self.unet.config.in_channels:
+            raise ConfigError(f"{source}: its VAE makes {vae.config.latent_channels}-channel latents; "
+                              f"{self.name}'s UNet denoises {self.unet.config.in_channels}")
+        self.vae = vae
+        self._set_geometry()
+
     def latent_shape(self, width: int, height: int) -> tuple[int, ...]:
         """(latent channels, height / f, width / f) with f the VAE's downsampling factor."""
         f = self.vae_scale_factor

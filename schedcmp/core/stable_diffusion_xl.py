@@ -100,6 +100,11 @@ class StableDiffusionXLPipeline(LatentDiffusionPipeline):
                 f"projection_class_embeddings_input_dim is {unet.projection_class_embeddings_input_dim}"
             )
 
+    def replace_vae(self, vae: AutoencoderKL, source: str) -> None:
+        """Decode with another VAE; the default time ids follow its downsampling factor."""
+        super().replace_vae(vae, source)
+        self._default_time_ids.clear()
+
     @classmethod
     def from_pretrained(
         cls,

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,21 @@ def run_record(result: RunResult, mode: str) -> dict[str, Any]:
     })
 
 
-def image_parameters(plan: Plan, result: RunResult, size: tuple[int, int]) -> str:
-    """The A1111-style parameters text stored in each PNG."""
+def model_fields(provenance: dict[str, Any] | None) -> list[str]:
+    """A1111's fields naming the weights: ``Model hash`` (a checkpoint file's short sha256), ``VAE hash`` and
+    ``VAE`` (a swapped VAE's file)."""
+    provenance = provenance or {}
+    fields = [f"Model hash: {provenance['hash']}"] if "hash" in provenance else []
+    vae = provenance.get("vae") or {}
+    if "hash" in vae:
+        fields.append(f"VAE hash: {vae['hash']}")
+    if vae:
+        fields.append(f"VAE: {Path(vae.get('file') or vae.get('folder')).name}")
+    return fields
+
+
+def image_parameters(plan: Plan, result: RunResult, size: tuple[int, int], weights: Sequence[str] = ()) -> str:
+    """The A1111-style parameters text stored in each PNG (``weights``: :func:`model_fields`)."""
     spec = result.spec
     options = {**spec.preset.options, **spec.config_options, **spec.step_options}
     fields = [
@@ -80,6 +94,7 @@ def image_parameters(plan: Plan, result: RunResult, size: tuple[int, int]) -> st
         f"CFG scale: {plan.guidance:g}",
         f"Seed: {plan.seed}",
         f"Size: {size[0]}x{size[1]}",
+        *weights,
         f"Model: {plan.model}",
         f"Model calls: {result.model_calls}",
     ]
@@ -92,12 +107,12 @@ def image_parameters(plan: Plan, result: RunResult, size: tuple[int, int]) -> st
 
 
 def save_run_image(folder: Path, plan: Plan, result: RunResult, size: tuple[int, int],
-                   record: dict[str, Any]) -> Path:
+                   record: dict[str, Any], weights: Sequence[str] = ()) -> Path:
     """Write the run's PNG with its parameters and its record in text chunks."""
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", image_parameters(plan, result, size))
+    info.add_text("parameters", image_parameters(plan, result, size, weights))
     info.add_text("schedcmp", json.dumps(record, allow_nan=False), zip=True)
     return write_atomically(folder / record["image"], lambda p: result.image.save(p, format="PNG", pnginfo=info))
 

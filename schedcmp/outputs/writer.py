@@ -30,15 +30,16 @@ class Written:
 class ResultWriter:
     """Keeps each finished run's record and image; writes the rest once the engine is done."""
 
-    def __init__(self, folder: Path, plan: Plan, size: tuple[int, int]):
+    def __init__(self, folder: Path, plan: Plan, size: tuple[int, int], provenance: dict[str, Any] | None = None):
         self.folder, self.plan, self.size = folder, plan, size
+        self.model_fields = rec.model_fields(provenance)
         self.records: dict[int, dict[str, Any]] = {}
 
     def run_finished(self, result: RunResult) -> None:
         """Record the run and write its image now, so a killed comparison still leaves it on disk."""
         record = rec.run_record(result, self.plan.mode)
         if result.image is not None:
-            rec.save_run_image(self.folder, self.plan, result, self.size, record)
+            rec.save_run_image(self.folder, self.plan, result, self.size, record, self.model_fields)
         self.records[result.index] = record
 
     def finish(self, summary: Summary) -> Written:

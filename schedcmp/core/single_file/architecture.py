@@ -115,23 +115,23 @@ def unet_config(checkpoint: Checkpoint, family: str, pooled_width: int | None = 
     return config
 
 
-def vae_config(checkpoint: Checkpoint, family: str, prefix: str) -> dict[str, Any]:
-    """The VAE's ``config.json`` (the LDM autoencoder, Rombach et al. 2022) as the tensors under ``prefix`` give it."""
-    config = default_config(family, "vae")
+def vae_config(checkpoint: Checkpoint, prefix: str, base: dict[str, Any]) -> dict[str, Any]:
+    """A VAE's ``config.json`` (the LDM autoencoder, Rombach et al. 2022): ``base`` (the family's, or the model's
+    for a swapped VAE) with the widths and depths the tensors under ``prefix`` show."""
     levels = indices(checkpoint, prefix + "encoder.down.")
     if not levels:
         raise WeightsError(f"{checkpoint.path} has no VAE ({prefix}encoder.down.*)")
     channels = [shape(checkpoint, f"{prefix}encoder.down.{i}.block.0.conv1.weight")[0] for i in levels]
-    config.update(
-        in_channels=shape(checkpoint, f"{prefix}encoder.conv_in.weight")[1],
-        out_channels=shape(checkpoint, f"{prefix}decoder.conv_out.weight")[0],
-        block_out_channels=channels,
-        down_block_types=["DownEncoderBlock2D"] * len(levels),
-        up_block_types=["UpDecoderBlock2D"] * len(levels),
-        layers_per_block=len(indices(checkpoint, f"{prefix}encoder.down.0.block.")),
-        latent_channels=shape(checkpoint, f"{prefix}decoder.conv_in.weight")[1],
-    )
-    return config
+    return {
+        **base,
+        "in_channels": shape(checkpoint, f"{prefix}encoder.conv_in.weight")[1],
+        "out_channels": shape(checkpoint, f"{prefix}decoder.conv_out.weight")[0],
+        "block_out_channels": channels,
+        "down_block_types": ["DownEncoderBlock2D"] * len(levels),
+        "up_block_types": ["UpDecoderBlock2D"] * len(levels),
+        "layers_per_block": len(indices(checkpoint, f"{prefix}encoder.down.0.block.")),
+        "latent_channels": shape(checkpoint, f"{prefix}decoder.conv_in.weight")[1],
+    }
 
 
 def clip_l_config(checkpoint: Checkpoint, family: str, prefix: str, component: str = "text_encoder") -> dict[str, Any]:

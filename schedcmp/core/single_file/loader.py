@@ -16,12 +16,13 @@ from ..models.clip import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjec
 from ..models.loading import _listing, check_state_dict
 from ..models.tokenizer import CLIPTokenizer
 from ..models.unet import UNet2DConditionConfig, UNet2DConditionModel
-from ..models.vae import AutoencoderKL, AutoencoderKLConfig
+from ..models.vae import AutoencoderKL
 from ..schedulers import SchedulerMixin, resolve_scheduler
 from . import architecture as arch
 from . import family as families
-from .checkpoint import Checkpoint
-from .keys import UNET_PREFIX, VAE_PREFIX, Source, clip_l_source, open_clip_source, unet_source, vae_source
+from .checkpoint import Checkpoint, file_sha256
+from .keys import UNET_PREFIX, VAE_PREFIX, Source, clip_l_source, open_clip_source, unet_source
+from .vae_file import load_ldm_vae
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 SD2_DEFAULT_PREDICTION = "v_prediction"  # SD 2.0 / 2.1 768-v, the SD 2.x most files are
@@ -94,11 +95,7 @@ def _unet(checkpoint: Checkpoint, config: dict[str, Any], dtype: torch.dtype,
 
 
 def _vae(checkpoint: Checkpoint, family: str, dtype: torch.dtype, device: torch.device | str) -> AutoencoderKL:
-    vae_config = AutoencoderKLConfig.from_dict(arch.vae_config(checkpoint, family, VAE_PREFIX))
-    vae_dtype = torch.float32 if dtype == torch.float16 and vae_config.force_upcast else dtype
-    levels = len(vae_config.block_out_channels)
-    return load_component(checkpoint, lambda: AutoencoderKL(vae_config), lambda key: vae_source(key, levels),
-                          [VAE_PREFIX], "VAE", vae_dtype, device)
+    return load_ldm_vae(checkpoint, VAE_PREFIX, arch.default_config(family, "vae"), dtype, device)
 
 
 def _clip_l(checkpoint: Checkpoint, family: str, prefix: str, component: str, dtype: torch.dtype,
@@ -149,6 +146,35 @@ def _prediction_type(family: str, given: str | None, path: Path) -> str | None:
     return given
 
 
+# the config keys the record shows of each component: what was read from the tensors
+INFERRED_KEYS = {
+    "unet": ("block_out_channels", "layers_per_block", "transformer_layers_per_block", "cross_attention_dim",
+             "attention_head_dim", "use_linear_projection", "addition_embed_type"),
+    "vae": ("block_out_channels", "layers_per_block", "latent_channels", "scaling_factor"),
+    "text_encoder": ("hidden_size", "num_hidden_layers", "num_attention_heads", "hidden_act"),
+    "text_encoder_2": ("hidden_size", "num_hidden_layers", "num_attention_heads", "hidden_act", "projection_dim"),
+}
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """A weights file for the record: its path, sha256 and A1111's short hash (the sha256's first 10 digits)."""
+    digest = file_sha256(path)
+    return {"file": str(path), "sha256": digest, "hash": digest[:10]}
+
+
+def provenance(checkpoint: Checkpoint, family: str, pipeline: Any) -> dict[str, Any]:
+    """What the record says of a pipeline loaded from a file: the file, its hash, its family, its prediction type
+    and the architecture read from its tensors."""
+    inferred = {name: {key: _plain(getattr(module.config, key)) for key in INFERRED_KEYS[name]}
+                for name, module in pipeline.modules().items()}
+    return {**file_record(checkpoint.path), "family": families.FAMILY_NAMES[family],
+            "prediction_type": pipeline.scheduler.config.prediction_type, "inferred": inferred}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 def load_single_file(path: str | Path, families_allowed: Sequence[str] = families.FAMILIES, *,
                      dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                      allow_pickle: bool = False, clip_skip: int | None = None,
@@ -174,8 +200,10 @@ def load_single_file(path: str | Path, families_allowed: Sequence[str] = familie
         unet_config = arch.unet_config(checkpoint, family, text_encoder_2.config.projection_dim)
         unet = _unet(checkpoint, unet_config, dtype, device)
         tokenizers = [CLIPTokenizer.from_bpe_file(arch.BPE_FILE, PAD_TOKENS[kind]) for kind in ("clip_l", "open_clip")]
-        return StableDiffusionXLPipeline(tokenizers[0], tokenizers[1], text_encoder, text_encoder_2, unet, vae,
-                                         scheduler, name=name, clip_skip=clip_skip)
+        pipeline = StableDiffusionXLPipeline(tokenizers[0], tokenizers[1], text_encoder, text_encoder_2, unet, vae,
+                                             scheduler, name=name, clip_skip=clip_skip)
+        pipeline.provenance = provenance(checkpoint, family, pipeline)
+        return pipeline
     if family == "sd2":
         text_encoder = _open_clip(checkpoint, family, families.OPEN_CLIP_SD2, "text_encoder", dtype, device)
         pad = PAD_TOKENS["open_clip"]
@@ -186,5 +214,7 @@ def load_single_file(path: str | Path, families_allowed: Sequence[str] = familie
     if family == "sd2":
         unet_config["sample_size"] = SD2_SAMPLE_SIZES[prediction]
     unet = _unet(checkpoint, unet_config, dtype, device)
-    return StableDiffusionPipeline(CLIPTokenizer.from_bpe_file(arch.BPE_FILE, pad), text_encoder, unet, vae,
-                                   scheduler, name=name, clip_skip=clip_skip)
+    pipeline = StableDiffusionPipeline(CLIPTokenizer.from_bpe_file(arch.BPE_FILE, pad), text_encoder, unet, vae,
+                                       scheduler, name=name, clip_skip=clip_skip)
+    pipeline.provenance = provenance(checkpoint, family, pipeline)
+    return pipeline
