@@ -287,3 +287,24 @@ def test_the_record_names_a_swapped_vae(models, other_vae, tmp_path):
                                                           "hash": digest[:10]}
     (image,) = (out / "images").iterdir()
     assert f"VAE hash: {digest[:10]}, VAE: vae-ft.safetensors, Model: " in Image.open(image).text["parameters"]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_scheduler_gives_the_images_of_the_folder_it_was_written_from(models, family, tmp_path):
+    """The folder pipeline equals diffusers for every scheduler (tests/test_sd_pipeline.py, test_sdxl_pipeline.py);
+    the single file, with the same weights and scheduler config, gives its latents through the CLI's engine (batched)
+    to float rounding (SDXL's pooled projection is stored transposed: its product may round differently)."""
+    from schedcmp.core.schedulers import ALIASES
+    from schedcmp.engine import Engine
+    from schedcmp.plan import build_plan
+
+    ours = ours_of(models, family)
+    folder = core.DiffusionPipeline.from_pretrained(models[family][1].parent / family)
+    folder.scheduler = ours.scheduler
+    names = ",".join(alias.name for alias in ALIASES if alias.name != "edm_euler")
+    plan = build_plan(None, {"prompt": PROMPT, "schedulers": names, "steps": "3", "size": "64x64", "mode": "batched",
+                             "negative_prompt": "ugly", "reference": "none"})
+    from_file, from_folder = (Engine(pipeline, plan).run().results for pipeline in (ours, folder))
+    assert [r.status for r in from_file] == ["ok"] * len(from_file)
+    for a, b in zip(from_file, from_folder, strict=True):
+        assert (a.latents - b.latents).abs().max() <= 1e-4 * b.latents.abs().max(), (a.spec.label, float((a.latents - b.latents).abs().max()))
