@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from tiny_sd import build_tiny_sd
 
 GUIDE = Path(__file__).parent / "fixtures" / "guide" / "schedulers-guide.ko.md"
@@ -32,19 +33,30 @@ def cache_as_hub_download(folder: Path, cache: Path, hub_id: str) -> None:
     (repo / "refs" / "main").write_text(REVISION)
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> list[dict]:
-    """What each statement of the guide gave on both libraries."""
-    root = tmp_path_factory.mktemp("guide")
+def run_guide(root: Path) -> list[dict]:
+    """What each statement of the guide gave on both libraries, run in a fresh process against ``root``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         build_tiny_sd(root / "saved", "sd1")
     cache_as_hub_download(root / "saved", root / "hub", HUB_ID)
     env = {**os.environ, "HF_HUB_CACHE": str(root / "hub"), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
-           "HF_HUB_DISABLE_TELEMETRY": "1"}
+           "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(RUNNER), str(GUIDE), str(root / "report.json")], env=env, check=True,
                    cwd=root, timeout=600)
     return json.loads((root / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, worker_id) -> list[dict]:
+    """The guide's report, computed once per test session: under pytest-xdist the first worker to ask runs the
+    guide and the others read its report (the session's shared temporary folder, under a file lock)."""
+    if worker_id == "master":
+        return run_guide(tmp_path_factory.mktemp("guide"))
+    shared = tmp_path_factory.getbasetemp().parent / "guide-report.json"
+    with FileLock(f"{shared}.lock"):
+        if not shared.is_file():
+            shared.write_text(json.dumps(run_guide(tmp_path_factory.mktemp("guide"))))
+        return json.loads(shared.read_text())
 
 
 def of_kind(report: list[dict], kind: str) -> list[dict]:

@@ -168,5 +168,5 @@ def load_scheduler_config(model: str) -> dict[str, Any]:
         from .single_file.checkpoint import Checkpoint
         from .single_file.family import classify
 
-        return default_config(classify(Checkpoint(model, allow_pickle=True)), "scheduler")
+        return default_config(classify(Checkpoint(model)), "scheduler")  # pickles: only where --allow-pickle is
     return SchedulerMixin.load_config(resolve_model_folder(model, scheduler_only=True), subfolder="scheduler")
