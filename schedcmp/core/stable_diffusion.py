@@ -78,6 +78,26 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         sample_size = self.unet.config.sample_size or 64
         self.default_size = (sample_size * self.vae_scale_factor, sample_size * self.vae_scale_factor)
 
+    SINGLE_FILE_FAMILIES: tuple[str, ...] = ()
+
+    @classmethod
+    def from_single_file(
+        cls,
+        path: str | Path,
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        allow_pickle: bool = False,
+        clip_skip: int | None = None,
+        prediction_type: str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LatentDiffusionPipeline:
+        """Load one original-layout checkpoint file as A1111 and ComfyUI keep them, of a family this class builds
+        (``SINGLE_FILE_FAMILIES``); the architecture is read from its tensors."""
+        from .single_file.loader import load_single_file
+
+        return load_single_file(path, cls.SINGLE_FILE_FAMILIES, dtype=pick_dtype(torch_dtype, dtype), device=device,
+                                allow_pickle=allow_pickle, clip_skip=clip_skip, prediction_type=prediction_type)
+
     def replace_vae(self, vae: AutoencoderKL, source: str) -> None:
         """Decode with another VAE (A1111's VAE swap); it must make the latents this UNet denoises."""
         if vae.config.latent_channels != self.unet.config.in_channels:
@@ -129,6 +149,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 class StableDiffusionPipeline(LatentDiffusionPipeline):
     """Text-to-image latent diffusion (Rombach et al. 2022): CLIP text encoder, UNet, VAE, and a scheduler."""
 
+    SINGLE_FILE_FAMILIES = ("sd1", "sd2")  # the checkpoint families from_single_file builds as this class
     REQUIRED_COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "unet", "vae")
 
     def __init__(
@@ -172,24 +193,6 @@ class StableDiffusionPipeline(LatentDiffusionPipeline):
             name=str(model),
             clip_skip=clip_skip,
         )
-
-    @classmethod
-    def from_single_file(
-        cls,
-        path: str | Path,
-        torch_dtype: torch.dtype | None = None,
-        device: torch.device | str = "cpu",
-        allow_pickle: bool = False,
-        clip_skip: int | None = None,
-        prediction_type: str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> StableDiffusionPipeline:
-        """Load one original-layout checkpoint file (SD 1.x or 2.x, as A1111 and ComfyUI keep them); the
-        architecture is read from its tensors."""
-        from .single_file.loader import load_single_file
-
-        return load_single_file(path, ("sd1", "sd2"), dtype=pick_dtype(torch_dtype, dtype), device=device,
-                                allow_pickle=allow_pickle, clip_skip=clip_skip, prediction_type=prediction_type)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """text_encoder, unet and vae."""

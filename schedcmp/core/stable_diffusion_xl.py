@@ -54,6 +54,7 @@ class StableDiffusionXLPipeline(LatentDiffusionPipeline):
     """Text-to-image SDXL (Podell et al. 2023): CLIP ViT-L and OpenCLIP bigG text encoders, whose penultimate states
     are concatenated, the pooled bigG embedding and the size / crop ids added to the UNet's time embedding."""
 
+    SINGLE_FILE_FAMILIES = ("sdxl",)  # the checkpoint families from_single_file builds as this class
     REQUIRED_COMPONENTS = ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae")
     CALLBACK_TENSORS: ClassVar[dict[str, str]] = SDXL_CALLBACK_TENSORS
     default_guidance = 5.0
@@ -137,24 +138,6 @@ class StableDiffusionXLPipeline(LatentDiffusionPipeline):
             name=str(model),
             clip_skip=clip_skip,
         )
-
-    @classmethod
-    def from_single_file(
-        cls,
-        path: str | Path,
-        torch_dtype: torch.dtype | None = None,
-        device: torch.device | str = "cpu",
-        allow_pickle: bool = False,
-        clip_skip: int | None = None,
-        prediction_type: str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> StableDiffusionXLPipeline:
-        """Load one original-layout checkpoint file (SDXL base or a fine-tune); the architecture is read
-        from its tensors."""
-        from .single_file.loader import load_single_file
-
-        return load_single_file(path, ("sdxl",), dtype=pick_dtype(torch_dtype, dtype), device=device,
-                                allow_pickle=allow_pickle, clip_skip=clip_skip, prediction_type=prediction_type)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """text_encoder, text_encoder_2, unet and vae."""
