@@ -8,6 +8,8 @@ PLAN ?= configs/seed-doc.yaml
 PROMPT ?= a red circle on a blue background
 OUT ?= out/seed-doc
 PYTEST_ARGS ?=
+# The samplers' oracle, without its training-side dependencies (see pyproject.toml's test extra).
+KDIFFUSION_SPEC ?= k-diffusion==0.1.1.post1
 
 .PHONY: run test lint bench clean
 
@@ -22,6 +24,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-run
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps "$(KDIFFUSION_SPEC)"
 	touch $@
 
 run: $(VENV)/.installed-run

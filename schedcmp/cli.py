@@ -80,7 +80,11 @@ def run(
     negative_prompt: Annotated[
         str | None, typer.Option(help="The negative prompt.", rich_help_panel=SAMPLING)] = None,
     schedulers: Annotated[str | None, typer.Option(
-        help="Comma-separated scheduler names (crossed with --steps).", rich_help_panel=SAMPLING)] = None,
+        help="Comma-separated sampler names: ours, diffusers classes, A1111 labels, ComfyUI names (crossed with "
+             "--schedules and --steps).", rich_help_panel=SAMPLING)] = None,
+    schedules: Annotated[str | None, typer.Option(
+        help="Comma-separated schedule types, e.g. karras,simple,\"Align Your Steps\" (default: each sampler's "
+             "own).", rich_help_panel=SAMPLING)] = None,
     steps: Annotated[str | None, typer.Option(
         help="Comma-separated step counts, e.g. 20,30.", rich_help_panel=SAMPLING)] = None,
     seed: Annotated[int | None, typer.Option(
@@ -141,7 +145,8 @@ def run(
 ) -> None:
     """Sample the same prompt and seed with every scheduler and step count; write grid, table and record."""
     overrides = {
-        "prompt": prompt, "negative_prompt": negative_prompt, "schedulers": schedulers, "steps": steps,
+        "prompt": prompt, "negative_prompt": negative_prompt, "schedulers": schedulers, "schedules": schedules,
+        "steps": steps,
         "model": model, "seed": seed, "guidance": guidance, "size": size, "device": _value(device),
         "dtype": _value(dtype), "mode": None if batched is None else ("batched" if batched else "sequential"),
         "max_batch": max_batch, "generator_device": _value(generator_device), "clip_skip": clip_skip,

@@ -153,9 +153,12 @@ class Engine:
         """Build the run's scheduler from the model's config and check its step count, before anything runs
         (``index`` -1 is the reference run)."""
         name = f"run {index + 1}" if index >= 0 else "reference"
+        options = dict(spec.config_options)
+        if options.get("schedule") == "align_your_steps" and "ays_model" not in options:
+            options["ays_model"] = self.pipeline.ays_model
         try:
-            scheduler = spec.preset.build(self.pipeline.scheduler.config, **spec.config_options)
-            scheduler.set_timesteps(spec.steps, device=self.device)
+            scheduler = spec.preset.build(self.pipeline.scheduler.config, **options)
+            self._set_timesteps(scheduler, spec)
         except ConfigError as err:
             raise PlanError(f"{name} ({spec.label}, {spec.steps} steps): {err}") from None
         if isinstance(scheduler, EDMEulerScheduler):
@@ -170,6 +173,12 @@ class Engine:
         if narrowed is not None:
             warnings.warn(f"{name} ({spec.label}, {spec.steps} steps): {narrowed}", UserWarning, stacklevel=2)
         return RunResult(index, spec, scheduler)
+
+    def _set_timesteps(self, scheduler: SchedulerMixin, spec: RunSpec) -> None:
+        """The run's schedule: its step count, or its custom sigmas / timesteps."""
+        custom = {key: list(value) for key, value in (("sigmas", spec.sigmas), ("timesteps", spec.timesteps))
+                  if value is not None}
+        scheduler.set_timesteps(None if custom else spec.steps, device=self.device, **custom)
 
     def _prepare_reference(self, spec: ReferenceSpec | None) -> ReferenceResult | None:
         """Check the reference can be computed here, before anything runs."""
@@ -198,7 +207,7 @@ class Engine:
         """Fresh generator from the seed, initial latents drawn from it and scaled by init_noise_sigma."""
         scheduler = result.scheduler
         if scheduler.step_index is not None:  # stepped since _prepare's set_timesteps: start the schedule over
-            scheduler.set_timesteps(result.spec.steps, device=self.device)
+            self._set_timesteps(scheduler, result.spec)
         generator = torch.Generator(self.generator_device).manual_seed(self.plan.seed)
         latents = randn_tensor(self.latent_shape, generator, self.device, self.pipeline.dtype)
         latents = latents * scheduler.init_noise_sigma
@@ -232,13 +241,20 @@ class Engine:
         return scaled, t.to(torch.float32).expand(scaled.shape[0])
 
     def _advance(self, lane: _Lane, output: torch.Tensor) -> None:
-        """Guide the lane's model output and take its scheduler step (only the step counts as scheduler time)."""
+        """Guide the lane's model output and take its scheduler step (only the step counts as scheduler time);
+        a CFG++ sampler also gets the unconditional prediction, a dynamic one its new calls."""
         t = lane.timesteps[lane.position]
         guided = self._guide(output)
+        scheduler = lane.result.scheduler
+        extra = {}
+        if getattr(scheduler, "needs_uncond", False):
+            extra["uncond_output"] = output.chunk(2)[0] if self.guided else output
         start = time.perf_counter()
-        step = lane.result.scheduler.step(guided, t, lane.latents, **lane.step_kwargs)
+        step = scheduler.step(guided, t, lane.latents, **lane.step_kwargs, **extra)
         lane.result.scheduler_seconds += time.perf_counter() - start
         lane.latents = step.prev_sample
+        if getattr(scheduler, "dynamic_timesteps", False):
+            lane.timesteps = list(scheduler.timesteps)
         # Remember where the latents first stopped being finite, on the device: no host sync per step.
         went_bad = torch.where(torch.isfinite(lane.latents).all(), _NEVER, lane.position)
         lane.first_bad = torch.minimum(lane.first_bad, went_bad)

@@ -9,42 +9,83 @@ import warnings
 from . import terminal
 from .core.errors import ConfigError
 from .core.load import load_scheduler_config
-from .core.schedulers import A1111_PRESETS, ALIASES, SchedulerPreset, resolve_scheduler
+from .core.schedulers import (
+    A1111_SAMPLERS,
+    ALIASES,
+    COMFY_SAMPLERS,
+    DIFFUSERS_A1111_PRESETS,
+    SchedulerPreset,
+    resolve_scheduler,
+)
+from .core.schedulers.registry import TOOL_TITLES
+from .core.schedulers.schedule_types import SCHEDULE_BY_ID, SCHEDULE_TYPES
 from .core.schedulers.sigma_space import narrowed_grid_note
 
 STEPS = 20  # the step count the listing describes
 
 
+def _shown_name(preset: SchedulerPreset) -> str:
+    """The name to type for a preset: prefixed where the bare spelling means another tool's sampler."""
+    if preset.tool == "diffusers" and preset in DIFFUSERS_A1111_PRESETS:
+        return f"diffusers:{preset.name}"
+    if preset.tool in ("a1111", "comfy") and resolve_scheduler(preset.name) is not preset:
+        return f"{preset.tool}:{preset.name}"
+    return preset.name
+
+
+def _default_schedule(preset: SchedulerPreset) -> str:
+    if preset.ignores_schedule:
+        return "its own"
+    if preset.schedule is None:
+        return "config"
+    schedule = SCHEDULE_BY_ID[preset.schedule]
+    return (schedule.comfy if preset.tool == "comfy" else schedule.a1111) or schedule.id
+
+
 def _preset_row(preset: SchedulerPreset, config: dict) -> tuple[list[str], str | None]:
     """The table row of a preset on the model's config, and what to warn about it (None: nothing): a grid
     narrowed by the spacing, or why the config cannot build it."""
-    options = ", ".join(f"{k}={v}" for k, v in preset.options.items())
+    name, tool, schedule = _shown_name(preset), TOOL_TITLES[preset.tool], _default_schedule(preset)
     try:
         scheduler = preset.build(config)
         scheduler.set_timesteps(STEPS)
     except ConfigError as err:
-        return [preset.name, preset.cls.__name__, "-", "-", options], f"refused by this model's config: {err}"
-    calls = len(scheduler.timesteps) / STEPS
-    row = [preset.name, preset.cls.__name__, f"{calls:g}", "yes" if scheduler.is_stochastic else "no", options]
-    return row, narrowed_grid_note(scheduler)
+        return [name, tool, preset.cls.__name__, "-", "-", schedule], f"refused by this model's config: {err}"
+    if getattr(scheduler, "dynamic_timesteps", False):
+        calls = "varies"
+    else:
+        calls = f"{len(scheduler.timesteps) / STEPS:g}"
+    stochastic = "yes" if scheduler.is_stochastic else "no"
+    if getattr(scheduler, "brownian", False) and scheduler.is_stochastic:
+        stochastic = "yes (Brownian)"
+    return [name, tool, preset.cls.__name__, calls, stochastic, schedule], narrowed_grid_note(scheduler)
 
 
 def list_compatible(model: str) -> None:
-    """Print every name --schedulers accepts for ``model``, with model calls per step at 20 steps."""
+    """Print every sampler name --schedulers accepts for ``model`` (with its tool, model calls per step at 20
+    steps and whether it draws noise), then every schedule type --schedules accepts."""
     from rich.markup import escape
     from rich.table import Table
 
+    presets = (*ALIASES, *DIFFUSERS_A1111_PRESETS, *A1111_SAMPLERS, *COMFY_SAMPLERS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         config = load_scheduler_config(model)
-        rows, notes = zip(*(_preset_row(p, config) for p in (*ALIASES, *A1111_PRESETS)), strict=True)
-    table = Table(title=escape(f"Schedulers compatible with {model} (model calls per step at {STEPS} steps)"),
+        rows, notes = zip(*(_preset_row(p, config) for p in presets), strict=True)
+    table = Table(title=escape(f"Samplers for {model} (model calls per step at {STEPS} steps)"),
                   title_justify="left")
-    for name in ("name", "class", "calls/step", "stochastic", "options"):
+    for name in ("name", "tool", "class", "calls/step", "stochastic", "default schedule"):
         table.add_column(name, justify="right" if name == "calls/step" else "left")
     for row in rows:
         table.add_row(*(escape(cell) for cell in row))
     terminal.show(table)
+    schedules = Table(title="Schedule types (--schedules; case and separators ignored)", title_justify="left")
+    for name in ("A1111", "ComfyUI", "id", "parameters", "what it is"):
+        schedules.add_column(name)
+    for schedule in SCHEDULE_TYPES:
+        schedules.add_row(schedule.a1111 or "-", schedule.comfy or "-", schedule.id,
+                          ", ".join(schedule.parameters) or "-", escape(schedule.description))
+    terminal.show(schedules)
     names_by_note: dict[str, list[str]] = {}
     for row, note in zip(rows, notes, strict=True):
         if note is not None:

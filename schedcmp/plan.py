@@ -17,7 +17,7 @@ import yaml
 
 from .core.configuration import init_keys
 from .core.errors import ConfigError, UnknownSchedulerError
-from .core.schedulers import SchedulerPreset, resolve_scheduler
+from .core.schedulers import SchedulerPreset, resolve_scheduler, schedule_overrides
 from .errors import PlanError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")  # what a UNet predicts: the noise, or v (Salimans & Ho 2022)
@@ -38,13 +38,14 @@ PLAN_KEYS = (
     "prediction_type",
     "vae",
     "schedulers",
+    "schedules",
     "steps",
     "runs",
     "reference",
     "target_error",
 )
-RUN_KEYS = ("scheduler", "steps", "label", "options")
-REFERENCE_KEYS = ("scheduler", "steps", "label", "options")
+RUN_KEYS = ("scheduler", "schedule", "steps", "sigmas", "timesteps", "label", "options")
+REFERENCE_KEYS = ("scheduler", "schedule", "steps", "label", "options")
 # Steps of a reference run named without a count ("--reference dpm"): many, so it is close to converged.
 DEFAULT_REFERENCE_STEPS = 200
 DEFAULT_TARGET_ERROR = 0.05
@@ -60,7 +61,8 @@ MAX_SEED = 2**63 - 1
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One cell of the comparison: a scheduler preset, its options, a step count and a label."""
+    """One cell of the comparison: a scheduler preset, its schedule type, options, a step count and a label;
+    ``sigmas`` / ``timesteps`` are a custom schedule (then ``steps`` is its length)."""
 
     scheduler: str
     preset: SchedulerPreset
@@ -68,6 +70,9 @@ class RunSpec:
     label: str
     config_options: Mapping[str, Any] = field(default_factory=dict)
     step_options: Mapping[str, Any] = field(default_factory=dict)
+    schedule: str | None = None
+    sigmas: tuple[float, ...] | None = None
+    timesteps: tuple[float, ...] | None = None
 
     @property
     def row_label(self) -> str:
@@ -75,12 +80,17 @@ class RunSpec:
         return self.label
 
     def to_json(self) -> dict[str, Any]:
+        custom = {key: list(value) for key, value in (("sigmas", self.sigmas), ("timesteps", self.timesteps))
+                  if value is not None}
         return {
             "scheduler": self.scheduler,
             "class": self.preset.cls.__name__,
+            "tool": self.preset.tool,
+            "schedule": self.schedule,
             "steps": self.steps,
             "label": self.label,
             "options": {**self.preset.options, **self.config_options, **self.step_options},
+            **custom,
         }
 
 
@@ -451,11 +461,11 @@ def parse_int_list(value: Any, what: str) -> list[int]:
     return result
 
 
-def parse_name_list(value: Any) -> list[str]:
+def parse_name_list(value: Any, what: str = "schedulers", one: str = "scheduler") -> list[str]:
     """'ddim,euler' / ['ddim', 'DPM++ 2M Karras'] -> a list of names."""
     names = [str(item).strip() for item in _items(value) if str(item).strip()]
     if not names:
-        raise ValueError("schedulers must name at least one scheduler")
+        raise ValueError(f"{what} must name at least one {one}")
     return names
 
 
@@ -503,21 +513,49 @@ def _split_options(plan: _Located, preset: SchedulerPreset, options: Any, *where
     return config_options, step_options
 
 
-def _make_run(plan: _Located, name: Any, steps: Any, label: Any, options: Any, *where: Any) -> RunSpec:
+def _custom_schedule(plan: _Located, preset: SchedulerPreset, key: str, value: Any,
+                     *where: Any) -> tuple[float, ...] | None:
+    """A run's explicit ``sigmas:`` or ``timesteps:`` list, refused for a class whose set_timesteps takes none."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) < (2 if key == "sigmas" else 1) or not all(map(_is_number, value)):
+        need = "at least two numbers, largest first" if key == "sigmas" else "numbers, largest first"
+        raise plan.error(f"{key} must be a list of {need}, got {value!r}", *where, key)
+    if key not in inspect.signature(preset.cls.set_timesteps).parameters:
+        raise plan.error(f"{preset.name} ({preset.cls.__name__}) takes no custom {key}", *where, key)
+    return tuple(float(v) for v in value)
+
+
+def _make_run(plan: _Located, name: Any, steps: Any, label: Any, options: Any, *where: Any,
+              schedule: Any = None, sigmas: Any = None, timesteps: Any = None) -> RunSpec:
     if not isinstance(name, str) or not name.strip():
         raise plan.error(f"scheduler must be a scheduler name, got {name!r}", *where)
     try:
         preset = resolve_scheduler(name)
     except UnknownSchedulerError as err:
         raise plan.error(str(err), *where) from None
+    if schedule is not None and (not isinstance(schedule, str) or not schedule.strip()):
+        raise plan.error(f"schedule must be a schedule type name, got {schedule!r}", *where)
+    try:
+        schedule_options = schedule_overrides(preset, schedule)
+    except (ConfigError, UnknownSchedulerError) as err:
+        raise plan.error(str(err), *where) from None
+    custom_sigmas = _custom_schedule(plan, preset, "sigmas", sigmas, *where)
+    custom_timesteps = _custom_schedule(plan, preset, "timesteps", timesteps, *where)
+    if custom_sigmas is not None and custom_timesteps is not None:
+        raise plan.error("give sigmas or timesteps, not both", *where)
+    if custom_sigmas is not None or custom_timesteps is not None:
+        steps = len(custom_sigmas) - 1 if custom_sigmas is not None else len(custom_timesteps)
     if not _is_whole(steps):
         raise plan.error(f"steps must be a whole number, got {steps!r}", *where)
     if steps < 1:
         raise plan.error(f"steps must be at least 1, got {steps}", *where)
     config_options, step_options = _split_options(plan, preset, options, *where, "options")
+    config_options = {**schedule_options, **config_options}
     if label is None:
-        label = name
-    return RunSpec(name, preset, steps, str(label), config_options, step_options)
+        label = name if schedule is None else f"{name} {schedule}"
+    return RunSpec(name, preset, steps, str(label), config_options, step_options, schedule, custom_sigmas,
+                   custom_timesteps)
 
 
 def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Plan:
@@ -639,12 +677,14 @@ def _reference(plan: _Located, value: Any) -> ReferenceSpec | None:
     _check_keys(plan, value, REFERENCE_KEYS, "reference", "reference")
     steps = value.get("steps", DEFAULT_REFERENCE_STEPS)
     label = value.get("label") or value.get("scheduler")
-    run = _make_run(plan, value.get("scheduler"), steps, label, value.get("options"), "reference")
+    run = _make_run(plan, value.get("scheduler"), steps, label, value.get("options"), "reference",
+                    schedule=value.get("schedule"))
     return ReferenceSpec("run", run)
 
 
 def _runs(plan: _Located, raw: dict[str, Any], given: Mapping[str, Any]) -> tuple[list[RunSpec], str]:
-    """Runs from --schedulers x --steps (a matrix) or from the plan's ``runs:`` list."""
+    """Runs from --schedulers x --schedules x --steps (a matrix) or from the plan's ``runs:`` list (each run
+    without a schedule of its own taking every one of ``schedules:``)."""
     where_steps = plan if "steps" not in given else _Located(None, raw, {})
     steps_list = None
     if raw.get("steps") is not None:
@@ -655,6 +695,13 @@ def _runs(plan: _Located, raw: dict[str, Any], given: Mapping[str, Any]) -> tupl
         for steps in steps_list:
             if steps < 1:
                 raise where_steps.error(f"steps must be at least 1, got {steps}", "steps")
+    schedules: list[str | None] = [None]
+    if raw.get("schedules") is not None:
+        where_schedules = plan if "schedules" not in given else _Located(None, raw, {})
+        try:
+            schedules = parse_name_list(raw["schedules"], "schedules", "schedule")
+        except ValueError as err:
+            raise where_schedules.error(str(err), "schedules") from None
 
     listed = raw.get("runs") if "schedulers" not in given else None
     if listed is not None:
@@ -667,16 +714,22 @@ def _runs(plan: _Located, raw: dict[str, Any], given: Mapping[str, Any]) -> tupl
             if not isinstance(entry, dict):
                 raise plan.error(f"each run must be a mapping with a scheduler, got {entry!r}", "runs", index)
             _check_keys(plan, entry, RUN_KEYS, "run", "runs", index)
+            custom = entry.get("sigmas") is not None or entry.get("timesteps") is not None
             counts = [entry["steps"]] if "steps" in entry and "steps" not in given else steps_list
+            if custom:
+                counts = [None]
             if counts is None:
                 raise plan.error("this run has no steps: give steps: N in the run or top-level steps:", "runs", index)
-            for steps in counts:
-                label = entry.get("label") or entry.get("scheduler")
-                if len(counts) > 1:
-                    label = f"{label} {steps}"
-                runs.append(
-                    _make_run(plan, entry.get("scheduler"), steps, label, entry.get("options"), "runs", index)
-                )
+            for schedule in ([entry["schedule"]] if "schedule" in entry else schedules):
+                for steps in counts:
+                    label = entry.get("label") or entry.get("scheduler")
+                    if schedule is not None and not entry.get("label"):
+                        label = f"{label} {schedule}"
+                    if len(counts) > 1:
+                        label = f"{label} {steps}"
+                    runs.append(_make_run(plan, entry.get("scheduler"), steps, label, entry.get("options"), "runs",
+                                          index, schedule=schedule, sigmas=entry.get("sigmas"),
+                                          timesteps=entry.get("timesteps")))
         return runs, "list"
 
     names_value = raw.get("schedulers")
@@ -688,8 +741,9 @@ def _runs(plan: _Located, raw: dict[str, Any], given: Mapping[str, Any]) -> tupl
     except ValueError as err:
         raise where.error(str(err), "schedulers") from None
     runs = [
-        _make_run(where, name, steps, name, None, "schedulers")
+        _make_run(where, name, steps, None, None, "schedulers", schedule=schedule)
         for name in names
+        for schedule in schedules
         for steps in (steps_list or [20])
     ]
     return runs, "matrix"

@@ -34,10 +34,12 @@ def _load() -> tuple[types.ModuleType, types.ModuleType]:
     folder = _package_dir()
     if folder is None:
         pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1)")
+    stand_ins = []
     try:
         import torchvision.transforms.functional  # noqa: F401
     except Exception:  # absent, or a build that does not match this torch
-        for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
+        stand_ins = ["torchvision", "torchvision.transforms", "torchvision.transforms.functional"]
+        for name in stand_ins:
             sys.modules[name] = types.ModuleType(name)
         sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
         sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
@@ -52,6 +54,9 @@ def _load() -> tuple[types.ModuleType, types.ModuleType]:
         spec.loader.exec_module(module)
         setattr(package, name, module)
         loaded.append(module)
+        if name == "utils":  # utils holds its stand-in; nothing else may find a torchvision that is not there
+            for stand_in in stand_ins:
+                sys.modules.pop(stand_in, None)
     return loaded[1], loaded[2]
 
 

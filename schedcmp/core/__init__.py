@@ -41,7 +41,9 @@ _HOME = {
     "UniPCMultistepScheduler": "schedulers",
     "UnknownSchedulerError": "errors",
     "load_pipeline": "load",
+    "make_scheduler": "schedulers",
     "register_to_config": "configuration",
+    "resolve_schedule": "schedulers",
     "resolve_scheduler": "schedulers",
 }
 __all__ = sorted(_HOME)

@@ -82,7 +82,6 @@ def sample(
     device = pipeline.device
     conditioning = Conditioning.concat([uncond, cond]) if settings.guided and uncond is not None else cond
     scheduler.set_timesteps(settings.num_inference_steps, device=device)
-    timesteps = scheduler.timesteps
     dtype = cond.embeddings.dtype
     if settings.latents is None:
         latents = randn_tensor((cond.batch_size, *latent_shape), settings.generator, device, dtype)
@@ -92,23 +91,30 @@ def sample(
     extra = step_kwargs(scheduler, settings.generator, settings.eta)
     if settings.set_begin_index:
         scheduler.set_begin_index(0)
-    pipeline._num_timesteps, pipeline._interrupt = len(timesteps), False
+    pipeline._num_timesteps, pipeline._interrupt = len(scheduler.timesteps), False
+    needs_uncond = getattr(scheduler, "needs_uncond", False)
     with torch.no_grad():
-        for i, t in enumerate(timesteps):
+        i = 0
+        while i < len(scheduler.timesteps):  # a dynamic sampler (DPM adaptive) adds calls as it goes
+            t = scheduler.timesteps[i]
             if pipeline.interrupt:  # set by a step callback: the remaining steps are skipped, as in diffusers
+                i += 1
                 continue
             model_input = torch.cat([latents] * 2) if settings.guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
             output = pipeline.denoise(model_input, t, conditioning)
+            output_uncond = output
             if settings.guided:
                 output_uncond, output_cond = output.chunk(2)
                 output = output_uncond + settings.guidance_scale * (output_cond - output_uncond)
                 if settings.guidance_rescale > 0:
                     output = rescale_guidance(output, output_cond, settings.guidance_rescale)
-            latents = scheduler.step(output, t, latents, **extra).prev_sample
+            uncond_kwargs = {"uncond_output": output_uncond} if needs_uncond else {}  # CFG++ samplers
+            latents = scheduler.step(output, t, latents, **extra, **uncond_kwargs).prev_sample
             if settings.callback_on_step_end is not None:
                 latents, conditioning = _call_back(pipeline, settings, i, t, latents, conditioning, uncond,
                                                    callback_names)
+            i += 1
     return latents
 
 

@@ -76,6 +76,7 @@ class DiffusionPipeline(ABC):
     dtype: torch.dtype
     default_size: tuple[int, int]
     default_guidance: float = 7.5
+    ays_model: str = "sd15"  # which Align Your Steps table fits the model (A1111 picks SDXL's for SDXL)
     CALLBACK_TENSORS: ClassVar[dict[str, str]] = TEXT_CALLBACK_TENSORS
     # CPU threads the engine runs this model with (None: torch's default).
     cpu_threads: int | None = None

@@ -58,6 +58,7 @@ class StableDiffusionXLPipeline(LatentDiffusionPipeline):
     REQUIRED_COMPONENTS = ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae")
     CALLBACK_TENSORS: ClassVar[dict[str, str]] = SDXL_CALLBACK_TENSORS
     default_guidance = 5.0
+    ays_model = "sdxl"
 
     def __init__(
         self,

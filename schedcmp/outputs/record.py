@@ -36,7 +36,7 @@ def slug(text: str) -> str:
 
 def image_name(result: RunResult) -> str:
     """The run's image path inside the output folder: images/NNN-<scheduler>-<steps>.png."""
-    return f"{IMAGES}/{result.index + 1:03d}-{slug(result.spec.scheduler)}-{result.spec.steps}.png"
+    return f"{IMAGES}/{result.index + 1:03d}-{slug(result.spec.row_label)}-{result.spec.steps}.png"
 
 
 def finite_json(value: Any) -> Any:
@@ -90,6 +90,7 @@ def image_parameters(plan: Plan, result: RunResult, size: tuple[int, int], weigh
     fields = [
         f"Steps: {spec.steps}",
         f"Sampler: {spec.scheduler}",
+        *([f"Schedule type: {spec.schedule}"] if spec.schedule else []),
         f"Scheduler class: {spec.preset.cls.__name__}",
         f"CFG scale: {plan.guidance:g}",
         f"Seed: {plan.seed}",

@@ -71,5 +71,6 @@ def error_series(points: tuple[Measured, ...] | list[Measured]) -> list[Series]:
 
 
 def row_name(plan: Plan, result: RunResult) -> str:
-    """The grid row (and plot line) a run belongs to: its scheduler in a matrix plan, its label in a list."""
-    return result.spec.scheduler if plan.layout == "matrix" else result.spec.label
+    """The grid row (and plot line) a run belongs to: its scheduler and schedule in a matrix plan, its label in a
+    list."""
+    return result.spec.row_label

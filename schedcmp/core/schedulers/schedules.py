@@ -232,6 +232,8 @@ def beta_ppf(q: float, a: float, b: float) -> float:
         return 0.0
     if q >= 1.0:
         return 1.0
+    if a == b and q == 0.5:  # the median of a symmetric Beta, exactly (ComfyUI's beta schedule rounds it)
+        return 0.5
     lo, hi = 0.0, 1.0
     mid = 0.5
     while lo < mid < hi:  # halve until the interval is one float64 ulp wide

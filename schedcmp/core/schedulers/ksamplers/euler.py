@@ -33,7 +33,7 @@ class EulerSampler(KSampler):
         return [gamma if config.s_tmin <= s <= config.s_tmax else 0.0 for s in sigmas[:-1]]
 
     def call_sigmas(self, sigmas: list[float]) -> list[float]:
-        return [s * (gamma + 1) for s, gamma in zip(sigmas, self._gammas(), strict=True)]
+        return [s * (gamma + 1) for s, gamma in zip(sigmas[:-1], self._gammas(), strict=True)]
 
     def first_point_moves(self) -> bool:
         return self._gammas()[0] > 0
