@@ -109,6 +109,11 @@ def cpu_threads(count: int | None, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _needs_uncond(scheduler: SchedulerMixin) -> bool:
+    """A CFG++ sampler: its step takes the unconditional prediction."""
+    return getattr(scheduler, "needs_uncond", False)
+
+
 def _takes_generator(scheduler: SchedulerMixin) -> bool:
     return "generator" in inspect.signature(scheduler.step).parameters
 
@@ -140,8 +145,10 @@ class Engine:
         self.generator_device = torch.device(plan.generator_device) if plan.generator_device else self.device
         width, height = plan.size or pipeline.default_size
         self.latent_shape = (1, *pipeline.latent_shape(width, height))
-        self.guided = plan.guidance > 1.0
         self.results = [self._prepare(i, spec) for i, spec in enumerate(plan.runs)]
+        # The unconditional pass runs under guidance (scale > 1, diffusers' rule) and whenever a CFG++ sampler,
+        # which needs the unconditional prediction at any scale, is in the plan.
+        self.guided = plan.guidance > 1.0 or any(_needs_uncond(r.scheduler) for r in self.results)
         self.cond, self.uncond = pipeline.encode_prompt(plan.prompt, plan.negative_prompt)
         self._conditioning_batches: dict[int, Conditioning] = {}
         self.single_lane_conditioning = self._conditioning(1)
@@ -224,12 +231,16 @@ class Engine:
             self._conditioning_batches[lanes] = pair.repeat(lanes)  # [lanes * (2|1), ...]
         return self._conditioning_batches[lanes]
 
-    def _guide(self, output: torch.Tensor) -> torch.Tensor:
-        """Classifier-free guidance (Ho & Salimans 2022 eq. 6) on one lane's [uncond, cond] outputs."""
+    def _guide(self, output: torch.Tensor, scheduler: SchedulerMixin) -> torch.Tensor:
+        """Classifier-free guidance (Ho & Salimans 2022 eq. 6) on one lane's [uncond, cond] outputs, at the
+        plan's scale times the sampler's multiplier (A1111's DDIM CFG++ takes 1/12.5 of it)."""
         if not self.guided:
             return output
         uncond, cond = output.chunk(2)
-        return uncond + self.plan.guidance * (cond - uncond)
+        if self.plan.guidance <= 1.0 and not _needs_uncond(scheduler):  # no guidance: the conditional prediction
+            return cond
+        scale = self.plan.guidance * getattr(scheduler, "guidance_scale_multiplier", 1.0)
+        return uncond + scale * (cond - uncond)
 
     def _model_inputs(self, lane: _Lane) -> tuple[torch.Tensor, torch.Tensor]:
         """The lane's scaled model input [2 or 1, ...] and its timestep vector."""
@@ -244,11 +255,11 @@ class Engine:
         """Guide the lane's model output and take its scheduler step (only the step counts as scheduler time);
         a CFG++ sampler also gets the unconditional prediction, a dynamic one its new calls."""
         t = lane.timesteps[lane.position]
-        guided = self._guide(output)
         scheduler = lane.result.scheduler
+        guided = self._guide(output, scheduler)
         extra = {}
-        if getattr(scheduler, "needs_uncond", False):
-            extra["uncond_output"] = output.chunk(2)[0] if self.guided else output
+        if _needs_uncond(scheduler):
+            extra["uncond_output"] = output.chunk(2)[0]
         start = time.perf_counter()
         step = scheduler.step(guided, t, lane.latents, **lane.step_kwargs, **extra)
         lane.result.scheduler_seconds += time.perf_counter() - start

@@ -29,7 +29,7 @@ def test_runs_list_keeps_order_labels_and_options(tmp_path: Path) -> None:
     assert plan.layout == "list"
     assert [(r.label, r.preset.cls.__name__, r.steps) for r in plan.runs] == [
         ("DDIM", "DDIMScheduler", 50),
-        ("DPM++ 2M Karras", "DPMSolverMultistepScheduler", 20),
+        ("DPM++ 2M Karras", "DPMPP2MSampler", 20),
         ("euler", "EulerDiscreteScheduler", 30),
     ]
     assert dict(plan.runs[2].config_options) == {"use_karras_sigmas": True}
@@ -177,7 +177,7 @@ def _reference(value, **extra):
         ("exact", "exact", None, None, "exact float64 ODE solution"),
         ("dpm:200", "run", "DPMSolverMultistepScheduler", 200, "dpm 200 steps"),
         ("ddim", "run", "DDIMScheduler", 200, "ddim 200 steps"),  # steps default to many
-        ("DPM++ 2M Karras:50", "run", "DPMSolverMultistepScheduler", 50, "DPM++ 2M Karras 50 steps"),
+        ("DPM++ 2M Karras:50", "run", "DPMPP2MSampler", 50, "DPM++ 2M Karras 50 steps"),
         ({"scheduler": "unipc", "steps": 80, "label": "fine UniPC"}, "run", "UniPCMultistepScheduler", 80,
          "fine UniPC 80 steps"),
     ],
@@ -234,3 +234,59 @@ def test_target_error_must_be_positive(value) -> None:
     with pytest.raises(PlanError) as err:
         build_plan(None, {"prompt": "x", "schedulers": "ddim", "target_error": value})
     assert str(err.value) == f"target_error must be a number > 0 (a latent RMSE), got {value!r}"
+
+
+def test_schedules_are_a_third_axis_of_the_cross_product() -> None:
+    plan = build_plan(None, {"schedulers": "DPM++ 2M,dpm", "schedules": "karras,simple", "steps": "5,10"})
+    assert [(r.label, r.steps, r.config_options.get("schedule"), r.config_options.get("use_karras_sigmas"),
+             r.config_options.get("timestep_spacing")) for r in plan.runs] == [
+        ("DPM++ 2M karras", 5, "karras", None, None),
+        ("DPM++ 2M karras", 10, "karras", None, None),
+        ("DPM++ 2M simple", 5, "simple", None, None),
+        ("DPM++ 2M simple", 10, "simple", None, None),
+        ("dpm karras", 5, None, True, None),
+        ("dpm karras", 10, None, True, None),
+        ("dpm simple", 5, None, None, "trailing"),
+        ("dpm simple", 10, None, None, "trailing"),
+    ]
+
+
+def test_a_run_names_its_schedule_and_the_plans_schedules_fill_the_others(tmp_path: Path) -> None:
+    path = write(tmp_path, "schedules: [Karras, Exponential]\nsteps: 10\nruns:\n"
+                           "  - {scheduler: comfy:dpmpp_2m, schedule: beta}\n"
+                           "  - {scheduler: DPM++ 2M SDE}\n")
+    plan = build_plan(path)
+    assert [(r.label, r.config_options["schedule"]) for r in plan.runs] == [
+        ("comfy:dpmpp_2m beta", "comfy_beta"),
+        ("DPM++ 2M SDE Karras", "karras"),
+        ("DPM++ 2M SDE Exponential", "exponential"),
+    ]
+
+
+def test_custom_sigmas_make_the_schedule_and_its_step_count(tmp_path: Path) -> None:
+    path = write(tmp_path, "runs:\n  - {scheduler: Euler, sigmas: [14.6, 6.3, 2.0, 0.5, 0.0]}\n"
+                           "  - {scheduler: comfy:dpmpp_2m, timesteps: [999, 700, 400, 100]}\n")
+    plan = build_plan(path)
+    assert [(r.steps, r.sigmas, r.timesteps) for r in plan.runs] == [
+        (4, (14.6, 6.3, 2.0, 0.5, 0.0), None), (4, None, (999.0, 700.0, 400.0, 100.0))]
+    assert plan.to_json()["runs"][0]["sigmas"] == [14.6, 6.3, 2.0, 0.5, 0.0]
+
+
+@pytest.mark.parametrize(("run", "message"), [
+    ("{scheduler: Euler, schedule: karas, steps: 5}",
+     "unknown schedule 'karas'; did you mean 'Karras'? A1111 schedule types: Automatic, Uniform, Karras, "
+     "Exponential, Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, Normal, DDIM, Beta; ComfyUI "
+     "schedulers: simple, sgm_uniform, karras, exponential, ddim_uniform, beta, normal, linear_quadratic, "
+     "kl_optimal"),
+    ("{scheduler: dpm, schedule: KL Optimal, steps: 5}",
+     "dpm (DPMSolverMultistepScheduler, diffusers semantics) has no KL Optimal schedule; use an A1111 or ComfyUI "
+     "sampler name for it (e.g. a1111:Euler, comfy:dpmpp_2m)"),
+    ("{scheduler: ddim, sigmas: [10.0, 1.0, 0.0]}", "ddim (DDIMScheduler) takes no custom sigmas"),
+    ("{scheduler: Euler, sigmas: [10.0]}", "sigmas must be a list of at least two numbers, largest first, got [10.0]"),
+    ("{scheduler: Euler, sigmas: [10.0, 0.0], timesteps: [999]}", "give sigmas or timesteps, not both"),
+])
+def test_bad_schedules_are_reported_with_their_line(tmp_path: Path, run: str, message: str) -> None:
+    path = write(tmp_path, f"steps: 5\nruns:\n  - {run}\n")
+    with pytest.raises(PlanError) as error:
+        build_plan(path)
+    assert str(error.value) == f"{path}:3: {message}"

@@ -192,7 +192,7 @@ def test_build_options_override_preset_options() -> None:
 def test_unknown_name_lists_the_closest_names() -> None:
     with pytest.raises(core.UnknownSchedulerError) as error:
         resolve_scheduler("eulr")
-    assert str(error.value) == "unknown scheduler 'eulr'; did you mean 'euler', 'Euler', 'comfy:euler'?"
+    assert str(error.value) == "unknown scheduler 'eulr'; did you mean 'euler', 'euler_a', 'edm_euler'?"
 
 
 def test_unknown_name_without_neighbours_points_to_the_list() -> None:

@@ -106,7 +106,8 @@ def sample(
             output_uncond = output
             if settings.guided:
                 output_uncond, output_cond = output.chunk(2)
-                output = output_uncond + settings.guidance_scale * (output_cond - output_uncond)
+                scale = settings.guidance_scale * getattr(scheduler, "guidance_scale_multiplier", 1.0)
+                output = output_uncond + scale * (output_cond - output_uncond)
                 if settings.guidance_rescale > 0:
                     output = rescale_guidance(output, output_cond, settings.guidance_rescale)
             uncond_kwargs = {"uncond_output": output_uncond} if needs_uncond else {}  # CFG++ samplers

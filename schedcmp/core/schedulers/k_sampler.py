@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import typing
 from collections.abc import Callable, Generator, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -74,7 +75,9 @@ COMMON_KEYS = frozenset(p.name for p in COMMON_PARAMETERS)
 def sampler_config(own: Callable[..., None]) -> Callable[..., None]:
     """Decorate a KSampler's bodiless ``__init__(self, <its own options>)``: the recorded signature becomes the
     shared ``COMMON_PARAMETERS`` followed by those options, so every config key stays declared in a signature."""
-    own_parameters = list(inspect.signature(own).parameters.values())[1:]
+    hints = typing.get_type_hints(own, include_extras=True)  # the sampler module's names, also when postponed
+    own_parameters = [p.replace(annotation=hints.get(p.name, p.annotation))
+                      for p in list(inspect.signature(own).parameters.values())[1:]]
     clash = COMMON_KEYS.intersection(p.name for p in own_parameters)
     if clash:
         raise TypeError(f"{own.__qualname__} redeclares shared config keys {sorted(clash)}")
@@ -106,6 +109,7 @@ class KSampler(SchedulerMixin):
     needs_uncond: ClassVar[bool] = False  # CFG++: ``step`` needs the unconditional prediction too
     dynamic_timesteps: ClassVar[bool] = False  # the calls are decided while sampling (adaptive step size)
     noise_options: ClassVar[tuple[str, ...]] = ()  # config keys that, at 0, turn the noise off
+    guidance_scale_multiplier: ClassVar[float] = 1.0  # the tool scales the CFG scale by this for this sampler
 
     def _setup(self) -> None:
         """Training schedule from the config; nothing to sample until ``set_timesteps``."""

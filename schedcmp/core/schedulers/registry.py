@@ -190,8 +190,12 @@ A1111_SAMPLERS: tuple[SchedulerPreset, ...] = (
            discard_penultimate_sigma=True),
     _a1111("DPM2 a", "dpm2_ancestral:DPM2AncestralSampler", "karras", "DPM-Solver-2 ancestral",
            discard_penultimate_sigma=True),
-    _a1111("DPM fast", "dpm_fast:DPMFastSampler", "uniform", "DPM-Solver fast (k-diffusion)"),
-    _a1111("DPM adaptive", "dpm_adaptive:DPMAdaptiveSampler", "uniform", "adaptive DPM-Solver (k-diffusion)"),
+    # A1111 hands DPM fast / adaptive the model's sigma range and its ancestral eta (default 1), whatever the
+    # schedule type.
+    _a1111("DPM fast", "dpm_fast:DPMFastSampler", "uniform", "DPM-Solver fast (k-diffusion)", True, eta=1.0,
+           sigma_range="model"),
+    _a1111("DPM adaptive", "dpm_adaptive:DPMAdaptiveSampler", "uniform", "adaptive DPM-Solver (k-diffusion)", True,
+           eta=1.0, sigma_range="model"),
     _a1111("Restart", "restart:RestartSampler", "karras", "Restart sampling, Xu et al. 2023"),
     _a1111("DDIM", "a1111_ddim:A1111DDIMSampler", "uniform", "A1111's DDIM on its own timesteps", True),
     _a1111("DDIM CFG++", "a1111_ddim_cfgpp:A1111DDIMCFGPPSampler", "uniform", "DDIM with CFG++, Chung et al. 2024",
@@ -209,17 +213,17 @@ def _comfy(name: str, target: str, description: str, **options: Any) -> Schedule
 _DISCARD = {"discard_penultimate_sigma": True}  # ComfyUI's DISCARD_PENULTIMATE_SIGMA_SAMPLERS
 # ComfyUI's SAMPLER_NAMES (comfy/samplers.py), each at the KSampler node's default scheduler, "simple".
 COMFY_SAMPLERS: tuple[SchedulerPreset, ...] = (
-    _comfy("euler", "euler:EulerSampler", "Euler"),
+    _comfy("euler", "euler:EulerSampler", "Euler", churn_draws="churn_steps"),
     _comfy("euler_cfg_pp", "cfg_pp:EulerCFGPPSampler", "Euler with CFG++"),
     _comfy("euler_ancestral", "euler_ancestral:EulerAncestralSampler", "Euler ancestral"),
     _comfy("euler_ancestral_cfg_pp", "cfg_pp:EulerAncestralCFGPPSampler", "Euler ancestral with CFG++"),
-    _comfy("heun", "heun:HeunSampler", "Heun"),
+    _comfy("heun", "heun:HeunSampler", "Heun", churn_draws="churn_steps"),
     _comfy("heunpp2", "heunpp2:HeunPP2Sampler", "Heun++ (3-point weighted Heun)"),
     _comfy("exp_heun_2_x0", "exp_heun_2_x0:ExpHeun2X0Sampler", "exponential Heun in x0"),
     _comfy("exp_heun_2_x0_sde", "exp_heun_2_x0:ExpHeun2X0SDESampler", "exponential Heun in x0, SDE"),
-    _comfy("dpm_2", "dpm2:DPM2Sampler", "DPM-Solver-2", **_DISCARD),
+    _comfy("dpm_2", "dpm2:DPM2Sampler", "DPM-Solver-2", churn_draws="churn_steps", **_DISCARD),
     _comfy("dpm_2_ancestral", "dpm2_ancestral:DPM2AncestralSampler", "DPM-Solver-2 ancestral", **_DISCARD),
-    _comfy("lms", "lms:LMSSampler", "linear multistep, ComfyUI's last step", comfy_final_step=True),
+    _comfy("lms", "lms:LMSSampler", "linear multistep, ComfyUI's last step", last_step="denoised"),
     _comfy("dpm_fast", "dpm_fast:DPMFastSampler", "DPM-Solver fast"),
     _comfy("dpm_adaptive", "dpm_adaptive:DPMAdaptiveSampler", "adaptive DPM-Solver"),
     _comfy("dpmpp_2s_ancestral", "dpmpp_2s_ancestral:DPMPP2SAncestralSampler", "DPM-Solver++(2S) ancestral"),
@@ -254,7 +258,8 @@ COMFY_SAMPLERS: tuple[SchedulerPreset, ...] = (
     _comfy("seeds_3", "seeds:SEEDS3Sampler", "SEEDS-3, Gonzalez et al. 2023"),
     _comfy("sa_solver", "sa_solver:SASolverSampler", "SA-Solver, Xue et al. 2023"),
     _comfy("sa_solver_pece", "sa_solver:SASolverPECESampler", "SA-Solver, PECE mode"),
-    _comfy("ddim", "euler:EulerSampler", "ComfyUI's ddim: Euler (its random-noise inpainting aside)"),
+    _comfy("ddim", "euler:EulerSampler", "ComfyUI's ddim: Euler (its random-noise inpainting aside)",
+           churn_draws="churn_steps"),
     _comfy("uni_pc", "comfy_unipc:ComfyUniPCSampler", "UniPC bh1", **_DISCARD),
     _comfy("uni_pc_bh2", "comfy_unipc:ComfyUniPCSampler", "UniPC bh2", variant="bh2", **_DISCARD),
 )
@@ -355,9 +360,22 @@ def _schedule_keys(schedule: ScheduleType) -> set[str]:
 
 
 def schedule_names() -> list[str]:
-    """Every schedule name: "Automatic", A1111's labels, then ComfyUI's names."""
-    a1111 = [s.a1111 for s in SCHEDULE_TYPES if s.a1111]
-    return ["Automatic", *a1111, *(s.comfy for s in SCHEDULE_TYPES if s.comfy and s.comfy not in a1111)]
+    """Every schedule name: "Automatic", A1111's labels, then ComfyUI's names (in ComfyUI's order)."""
+    comfy_order = ("simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
+                   "linear_quadratic", "kl_optimal")
+    return ["Automatic", *(s.a1111 for s in SCHEDULE_TYPES if s.a1111), *comfy_order]
+
+
+def _unknown_schedule(name: str) -> UnknownSchedulerError:
+    names = schedule_names()
+    by_key: dict[str, str] = {}
+    for known in names:
+        by_key.setdefault(normalize_name(known), known)
+    close = difflib.get_close_matches(normalize_name(name), list(by_key), n=2, cutoff=0.6)
+    hint = f"did you mean {', '.join(repr(by_key[c]) for c in close)}? " if close else ""
+    a1111, comfy = names[: -9], names[-9:]
+    return UnknownSchedulerError(f"unknown schedule {name.strip()!r}; {hint}A1111 schedule types: "
+                                 f"{', '.join(a1111)}; ComfyUI schedulers: {', '.join(comfy)}")
 
 
 def resolve_schedule(name: str, tool: str = "a1111") -> str:
@@ -370,10 +388,7 @@ def resolve_schedule(name: str, tool: str = "a1111") -> str:
         return AUTOMATIC
     matches = [s for s in SCHEDULE_TYPES if key in _schedule_keys(s)]
     if not matches:
-        close = difflib.get_close_matches(name.strip(), schedule_names(), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-        raise UnknownSchedulerError(f"unknown schedule {name.strip()!r}; {hint}schedules: "
-                                    f"{', '.join(schedule_names())}")
+        raise _unknown_schedule(name)
     if len(matches) > 1:  # Beta / KL Optimal: the sampler's tool's variant
         if tool == "comfy":
             preferred = [s for s in matches if s.comfy and normalize_name(s.comfy) == key]
