@@ -111,7 +111,8 @@ def check_determinism(pipeline: DiffusionPipeline, plan: Plan) -> DeterminismChe
 
 def _requested_sampler(result: RunResult) -> str:
     """What the run asked for: scheduler class, every option and the step count."""
-    return json.dumps(result.spec.to_json() | {"label": None, "scheduler": None}, sort_keys=True, default=str)
+    return json.dumps(result.spec.to_json() | {"label": None, "scheduler": None, "tool": None}, sort_keys=True,
+                      default=str)
 
 
 def identical_results(results: list[RunResult]) -> list[str]:

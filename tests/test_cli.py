@@ -207,12 +207,24 @@ def test_grid_has_a_cell_of_at_least_256_pixels_per_run(tmp_path: Path) -> None:
     assert grid.width >= 2 * 256 and grid.height >= 3 * 256
 
 
-def test_list_compatible_shows_every_alias_with_calls_per_step() -> None:
+def test_list_compatible_shows_every_sampler_with_its_tool_and_calls_per_step() -> None:
     result = invoke("list-compatible")
     assert result.exit_code == 0
     lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 3}
-    assert {"ddim", "euler_a", "heun", "dpm", "DPM++ 2M Karras"} <= set(lines)
+    assert {"ddim", "euler_a", "heun", "dpm", "DPM++ 2M", "dpmpp_2m", "comfy:euler",
+            "diffusers:DPM++ 2M Karras"} <= set(lines)
     assert " 1.95 " in lines["heun"]  # Heun: 2 x 20 - 1 = 39 calls for 20 steps
+    assert [cell.strip() for cell in lines["DPM++ 2M"].split("│")[2:7]] == [
+        "A1111", "DPMPP2MSampler", "1", "no", "Karras"]
+    assert [cell.strip() for cell in lines["DPM++ SDE"].split("│")[4:6]] == ["1.95", "yes (Brownian)"]
+    assert "varies" in lines["DPM adaptive"]
+
+
+def test_list_compatible_shows_the_schedule_types_of_both_tools() -> None:
+    result = invoke("list-compatible")
+    lines = [line for line in result.stdout.splitlines() if line.count("│") > 3]
+    assert any("Align Your Steps" in line and "ays_model" in line for line in lines)
+    assert any("linear_quadratic" in line for line in lines)
 
 
 def test_show_config_prints_the_models_scheduler_config() -> None:
@@ -223,11 +235,19 @@ def test_show_config_prints_the_models_scheduler_config() -> None:
 
 
 def test_show_config_as_shows_the_swap_and_what_changed() -> None:
-    result = invoke("show-config", "--as", "DPM++ 2M Karras")
+    result = invoke("show-config", "--as", "diffusers:DPM++ 2M Karras")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["use_karras_sigmas"] is True
     assert "PNDMScheduler -> DPMSolverMultistepScheduler" in result.stderr
     assert "use_karras_sigmas: '—' -> True" in result.stderr
+
+
+def test_show_config_as_an_a1111_name_shows_a1111s_sampler_and_schedule() -> None:
+    result = invoke("show-config", "--as", "DPM++ 2M Karras")
+    assert result.exit_code == 0
+    config = json.loads(result.stdout)
+    assert (config["_class_name"], config["schedule"], config["timestep_type"]) == (
+        "DPMPP2MSampler", "karras", "continuous")
 
 
 def test_a_failing_lane_does_not_stop_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -81,10 +81,10 @@ def test_schedulers_flag_replaces_the_files_runs(tmp_path: Path) -> None:
     [
         ("prompt: x\n  bad: [\n", "{path}:2: invalid YAML: mapping values are not allowed here"),
         ("- just\n- a list\n", "{path}:1: a plan must be a YAML mapping of keys (model, prompt, negative_prompt, seed, "
-         "size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, schedulers, steps, runs, reference, target_error)"),
+         "size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, schedulers, schedules, steps, runs, reference, target_error)"),
         ("prompt: x\nsed: 3\nschedulers: [ddim]\n", "{path}:2: unknown plan key 'sed'; did you mean 'seed'? allowed: "
          "model, prompt, negative_prompt, seed, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, "
-         "schedulers, steps, runs, reference, target_error"),
+         "schedulers, schedules, steps, runs, reference, target_error"),
         ("prompt: x\nruns:\n  - {scheduler: eulr, steps: 5}\n",
          "{path}:3: unknown scheduler 'eulr'; did you mean 'euler', 'euler_a', 'edm_euler'?"),
         ("prompt: x\nruns:\n  - {scheduler: ddim, steps: 0}\n", "{path}:3: steps must be at least 1, got 0"),
@@ -92,7 +92,7 @@ def test_schedulers_flag_replaces_the_files_runs(tmp_path: Path) -> None:
         ("prompt: x\nruns:\n  - {scheduler: ddim}\n",
          "{path}:3: this run has no steps: give steps: N in the run or top-level steps:"),
         ("prompt: x\nruns:\n  - {scheduler: ddim, step: 5}\n",
-         "{path}:3: unknown run key 'step'; did you mean 'steps'? allowed: scheduler, steps, label, options"),
+         "{path}:3: unknown run key 'step'; did you mean 'steps'? allowed: scheduler, schedule, steps, sigmas, timesteps, label, options"),
         ("prompt: x\nsize: 30x30\nschedulers: [ddim]\n",
          "{path}:2: size sides must be multiples of 8 from 8 to 4096, got 30x30"),
         ("prompt: x\nseed: -1\nschedulers: [ddim]\n", "{path}:2: seed must be a whole number from 0 to 9223372036854775807, got -1"),
@@ -212,7 +212,7 @@ def test_reference_none_turns_accuracy_off() -> None:
         ("dpn:20", "reference: unknown scheduler 'dpn'; did you mean 'dpm', 'pndm', 'DPM2'?"),
         ("dpm:0", "reference: steps must be at least 1, got 0"),
         ({"scheduler": "dpm", "stepz": 3},
-         "reference: unknown reference key 'stepz'; did you mean 'steps'? allowed: scheduler, steps, label, options"),
+         "reference: unknown reference key 'stepz'; did you mean 'steps'? allowed: scheduler, schedule, steps, label, options"),
         (12, "reference: reference must be 'auto', 'exact', 'none', NAME[:STEPS] (e.g. dpm:200) or a mapping, got 12"),
     ],
 )

@@ -33,7 +33,7 @@ SCHEDULER_TABLE = [
     ("ddim", "DDIMScheduler", {}, 5),
     ("euler_a", "EulerAncestralDiscreteScheduler", {}, 5),
     ("dpm", "DPMSolverMultistepScheduler", {}, 6),
-    ("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, 6),
+    ("diffusers:DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, 6),
     ("heun", "HeunDiscreteScheduler", {}, 3),
     ("unipc", "UniPCMultistepScheduler", {}, 5),
     ("ddpm", "DDPMScheduler", {}, 4),
@@ -45,7 +45,7 @@ SCHEDULER_TABLE = [
     ("dpm_single", "DPMSolverSinglestepScheduler", {}, 5),
     ("dpm_sde", "DPMSolverSDEScheduler", {}, 3),
     ("edm_euler", "EDMEulerScheduler", {}, 4),
-    ("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, 5),
+    ("diffusers:DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, 5),
 ]
 
 

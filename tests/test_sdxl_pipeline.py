@@ -190,7 +190,7 @@ def engine_images(pipeline, names: str, steps: int, mode: str = "sequential", **
 
 @pytest.mark.parametrize(("alias", "cls", "options"), [
     ("euler", "EulerDiscreteScheduler", {}),
-    ("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    ("diffusers:DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
     ("euler_a", "EulerAncestralDiscreteScheduler", {}),
 ])
 def test_engine_runs_equal_diffusers_calls(pair, alias, cls, options):
@@ -215,8 +215,9 @@ def test_batched_lanes_give_the_sequential_images(pair):
 
 
 def test_engine_warns_about_karras_sigmas_narrowed_by_leading_spacing(pair):
-    plan = build_plan(None, {"prompt": PROMPT, "schedulers": "LMS Karras", "steps": "20", "model": pair[1].name})
-    with pytest.warns(UserWarning, match=r'^run 1 \(LMS Karras, 20 steps\): the karras sigmas span 11\.03 -> 0\.041, '
+    plan = build_plan(None, {"prompt": PROMPT, "schedulers": "diffusers:LMS Karras", "steps": "20",
+                             "model": pair[1].name})
+    with pytest.warns(UserWarning, match=r'^run 1 \(diffusers:LMS Karras, 20 steps\): the karras sigmas span 11\.03 -> 0\.041, '
                                          r'bounded by timestep_spacing "leading" instead of the training range '
                                          r"14\.61 -> 0\.029"):
         Engine(pair[1], plan)
@@ -245,7 +246,8 @@ def test_cli_runs_an_sdxl_folder_sequential_and_batched(pair, folder, tmp_path):
 def test_list_compatible_warns_which_names_have_narrowed_grids(folder, pair):
     result = CliRunner().invoke(app, ["list-compatible", "--model", str(folder)])
     assert result.exit_code == 0, result.output
-    assert ("warning: LMS Karras, DPM2 Karras, DPM2 a Karras, DPM++ SDE Karras at 20 steps on this model: the karras "
+    assert ("warning: diffusers:LMS Karras, diffusers:DPM2 Karras, diffusers:DPM2 a Karras, diffusers:DPM++ SDE Karras "
+            "at 20 steps on this model: the karras "
             'sigmas span 11.03 -> 0.041, bounded by timestep_spacing "leading"') in " ".join(result.stderr.split())
 
 
