@@ -88,3 +88,18 @@ def test_align_your_steps_takes_the_models_table() -> None:
     result = Engine(PIPELINE, plan).run().results[0]
     assert result.scheduler.config.ays_model == "sd15"
     assert float(result.scheduler.sigmas[1]) == pytest.approx(6.475)
+
+
+@pytest.mark.parametrize(("name", "schedule"), [("DPM++ 2M", "Karras"), ("Euler a", None), ("comfy:dpmpp_sde", "beta"),
+                                                ("DPM adaptive", None)])
+def test_a_made_scheduler_drops_into_the_diffusers_call(name, schedule) -> None:
+    pipeline = ShapesPipeline()
+    pipeline.scheduler = make_scheduler(name, schedule=schedule, config=pipeline.scheduler.config)
+    called = pipeline("a red circle", num_inference_steps=6, generator=torch.Generator().manual_seed(4),
+                      output_type="pt").images
+    overrides = {"schedules": schedule} if schedule else {}
+    plan = build_plan(None, {"prompt": "a red circle", "schedulers": name, "steps": "6", "seed": 4,
+                             "reference": "none", **overrides})
+    (result,) = Engine(ShapesPipeline(), plan).run().results
+    torch.testing.assert_close(called, (result.latents / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=1e-5)
+    assert pipeline.num_timesteps == result.model_calls

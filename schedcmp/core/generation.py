@@ -116,6 +116,7 @@ def sample(
                 latents, conditioning = _call_back(pipeline, settings, i, t, latents, conditioning, uncond,
                                                    callback_names)
             i += 1
+    pipeline._num_timesteps = len(scheduler.timesteps)  # a dynamic sampler's calls are known only now
     return latents
 
 

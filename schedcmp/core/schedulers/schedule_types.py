@@ -271,9 +271,9 @@ SCHEDULE_TYPES: tuple[ScheduleType, ...] = (
     ScheduleType("normal", normal, "Normal", "normal", "timesteps evenly spaced from sigma_max to sigma_min"),
     ScheduleType("ddim_uniform", ddim_uniform, "DDIM", "ddim_uniform", "DDIM's leading timesteps 1, 1 + T//n, ..."),
     ScheduleType("beta", beta, "Beta", None, "Beta(alpha, beta) quantiles, linear in sigma (A1111)",
-                 ("alpha", "beta")),
+                 ("schedule_alpha", "schedule_beta")),
     ScheduleType("comfy_beta", comfy_beta, None, "beta", "Beta(alpha, beta) quantiles of training timesteps "
-                 "(ComfyUI)", ("alpha", "beta")),
+                 "(ComfyUI)", ("schedule_alpha", "schedule_beta")),
     ScheduleType("comfy_kl_optimal", comfy_kl_optimal, None, "kl_optimal", "tan ramp, then sigma 0 (ComfyUI)"),
     ScheduleType("linear_quadratic", linear_quadratic, None, "linear_quadratic",
                  "linear then quadratic ramp (genmo Mochi)", ("threshold_noise", "linear_steps")),
