@@ -17,7 +17,8 @@ from .accuracy import Accuracy, measure
 from .core.conditioning import Conditioning
 from .core.errors import ConfigError, NonFiniteError, SchedcmpError
 from .core.pipeline import DiffusionPipeline
-from .core.schedulers import EDMEulerScheduler, SchedulerMixin
+from .core.schedulers import EDMEulerScheduler, SchedulerMixin, resolve_schedule, schedule_overrides
+from .core.schedulers.registry import TOOL_TITLES
 from .core.schedulers.base import randn_tensor
 from .core.schedulers.sigma_space import narrowed_grid_note
 from .errors import PlanError
@@ -176,6 +177,10 @@ class Engine:
                 UserWarning,
                 stacklevel=2,
             )
+        if spec.schedule is not None and spec.preset.ignores_schedule and schedule_overrides(
+                spec.preset, spec.schedule) == {} and resolve_schedule(spec.schedule) != "automatic":
+            warnings.warn(f"{name} ({spec.label}): {spec.preset.name} builds its own grid and ignores the schedule "
+                          f"type {spec.schedule!r}, as in {TOOL_TITLES[spec.preset.tool]}", UserWarning, stacklevel=2)
         narrowed = narrowed_grid_note(scheduler)
         if narrowed is not None:
             warnings.warn(f"{name} ({spec.label}, {spec.steps} steps): {narrowed}", UserWarning, stacklevel=2)

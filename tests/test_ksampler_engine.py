@@ -103,3 +103,11 @@ def test_a_made_scheduler_drops_into_the_diffusers_call(name, schedule) -> None:
     (result,) = Engine(ShapesPipeline(), plan).run().results
     torch.testing.assert_close(called, (result.latents / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=1e-5)
     assert pipeline.num_timesteps == result.model_calls
+
+
+def test_a_timestep_sampler_given_a_schedule_says_it_ignores_it() -> None:
+    plan = build_plan(None, {"prompt": "a red circle", "schedulers": "DDIM", "schedules": "Karras", "steps": "5",
+                             "reference": "none"})
+    with pytest.warns(UserWarning, match=r"^run 1 \(DDIM Karras\): DDIM builds its own grid and ignores the schedule "
+                                         r"type 'Karras', as in A1111$"):
+        Engine(PIPELINE, plan)
