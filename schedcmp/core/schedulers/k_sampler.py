@@ -176,6 +176,9 @@ class KSampler(SchedulerMixin):
         """The noise level of every model call, in order (one per step at the grid's sigmas by default)."""
         return sigmas[:-1]
 
+    def prepare_grid(self) -> None:
+        """Compute what ``program`` needs per grid (multistep weights, ...) once, after the grid is set."""
+
     def first_point_moves(self) -> bool:
         """Whether the program's first model input is not the initial sample (churn at the first step). The
         engine calls the model on the initial sample first, so such a schedule starts with one priming call
@@ -217,6 +220,7 @@ class KSampler(SchedulerMixin):
         self._grid = [float(s) for s in grid]
         self._priming = self.first_point_moves()
         self._install_calls([self._grid[0]] * self._priming + self.call_sigmas(self._grid), device)
+        self.prepare_grid()
         self._device = device
         self._program = None
         self._step_index = None

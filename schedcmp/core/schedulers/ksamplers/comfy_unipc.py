@@ -152,15 +152,8 @@ class ComfyUniPCSampler(KSampler):
     def __init__(self, variant: Literal["bh1", "bh2"] = "bh1"):
         """UniPC as ComfyUI runs it: variant "bh1" (``uni_pc``, B(h) = h) or "bh2" (``uni_pc_bh2``, e^h - 1)."""
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        sigmas: Sequence[float] | torch.Tensor | None = None,
-        timesteps: Sequence[float] | torch.Tensor | None = None,
-    ) -> None:
-        """The grid (see ``KSampler.set_timesteps``) and every step's coefficients."""
-        super().set_timesteps(num_inference_steps, device, sigmas, timesteps)
+    def prepare_grid(self) -> None:
+        """Every step's coefficients on the grid."""
         grid = self.sigmas.clone()
         if grid[-1] == 0:
             grid[-1] = COMFY_LAST_SIGMA

@@ -77,15 +77,8 @@ class DEISSampler(KSampler):
     def __init__(self, max_order: Annotated[int, Range(ge=1, le=4)] = 3, deis_mode: Literal["tab", "rhoab"] = "tab"):
         """DEIS up to order ``max_order``, ``deis_mode`` "tab" (VP time: ComfyUI's ``deis``) or "rhoab" (sigma)."""
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        sigmas: Sequence[float] | torch.Tensor | None = None,
-        timesteps: Sequence[float] | torch.Tensor | None = None,
-    ) -> None:
-        """As ``KSampler.set_timesteps``, then every step's DEIS weights (host floats, once per grid)."""
-        super().set_timesteps(num_inference_steps, device, sigmas, timesteps)
+    def prepare_grid(self) -> None:
+        """Every step's DEIS weights (host floats, once per grid)."""
         grid, order, tab = self.grid, self.config.max_order, self.config.deis_mode == "tab"
         times = [vp_time(s) for s in grid] if tab else grid
         rule = tab_weights if tab else rhoab_weights

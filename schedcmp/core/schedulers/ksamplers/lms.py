@@ -47,15 +47,8 @@ class LMSSampler(KSampler):
         """LMS of ``order``; last_step "multistep" takes the multistep step to sigma = 0 too (k-diffusion, A1111),
         "denoised" returns the last prediction D there instead (ComfyUI)."""
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        sigmas: Sequence[float] | torch.Tensor | None = None,
-        timesteps: Sequence[float] | torch.Tensor | None = None,
-    ) -> None:
-        """The grid and calls (``KSampler.set_timesteps``), then the multistep coefficients of every step."""
-        super().set_timesteps(num_inference_steps, device, sigmas, timesteps)
+    def prepare_grid(self) -> None:
+        """The multistep coefficients of every step of the grid."""
         self._coefficients = multistep_coefficients(self.grid, self.config.order)
 
     def program(self, x: torch.Tensor) -> Program:
