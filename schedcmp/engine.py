@@ -18,8 +18,8 @@ from .core.conditioning import Conditioning
 from .core.errors import ConfigError, NonFiniteError, SchedcmpError
 from .core.pipeline import DiffusionPipeline
 from .core.schedulers import EDMEulerScheduler, SchedulerMixin, resolve_schedule, schedule_overrides
-from .core.schedulers.registry import TOOL_TITLES
 from .core.schedulers.base import randn_tensor
+from .core.schedulers.registry import TOOL_TITLES
 from .core.schedulers.sigma_space import narrowed_grid_note
 from .errors import PlanError
 from .memory import free_memory_bytes, lanes_that_fit, peak_call_bytes

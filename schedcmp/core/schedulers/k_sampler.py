@@ -36,7 +36,7 @@ from .schedule_types import (
     sigma_to_t,
     t_to_sigma,
 )
-from .schedules import Beta, BetaSchedule, TrainedBetas, check_num_inference_steps
+from .schedules import Beta, BetaSchedule, TrainedBetas, check_num_inference_steps, make_betas
 from .sigma_space import train_alphas_cumprod
 
 Program = Generator[torch.Tensor, torch.Tensor, torch.Tensor]  # yields points to denoise, receives D, returns x
@@ -68,6 +68,7 @@ COMMON_PARAMETERS: tuple[inspect.Parameter, ...] = (
     _keyword("discard_penultimate_sigma", bool, False),
     _keyword("timestep_type", Literal["continuous", "discrete"], "continuous"),
     _keyword("noise_scaling", Literal["sigma", "marginal"], "sigma"),
+    _keyword("training_arithmetic", Literal["diffusers", "a1111", "comfy"], "diffusers"),
 )
 COMMON_KEYS = frozenset(p.name for p in COMMON_PARAMETERS)
 
@@ -96,6 +97,40 @@ def sampler_config(own: Callable[..., None]) -> Callable[..., None]:
     return register_to_config(__init__)
 
 
+def training_schedule(config: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """alpha-bar, sigma = sqrt((1 - abar) / abar) and log sigma of the training steps [T] (float32, ascending in t),
+    in the arithmetic of ``config.training_arithmetic``: diffusers' float32 betas and cumprod; A1111's LDM model
+    (float64 betas and cumprod, alpha-bar rounded to float32, sigma from it in float32); or ComfyUI's
+    ``ModelSamplingDiscrete`` (float64 throughout, sigma and log sigma rounded to float32). The tools' small
+    sigmas differ from diffusers' by up to 1.3e-5 relative, enough to show in a parity test."""
+    arithmetic = config.training_arithmetic
+    if arithmetic == "diffusers":
+        alphas_cumprod = train_alphas_cumprod(config)
+        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        return alphas_cumprod, sigmas, sigmas.log()
+    betas = float64_betas(config)
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # [T] float64
+    if arithmetic == "a1111":
+        rounded = alphas_cumprod.float()
+        sigmas = ((1 - rounded) / rounded) ** 0.5
+        return rounded, sigmas, sigmas.log()
+    sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+    return alphas_cumprod.float(), sigmas.float(), sigmas.log().float()
+
+
+def float64_betas(config: Any) -> torch.Tensor:
+    """The training betas [T] in float64, as the LDM code A1111 and ComfyUI run computes them (its "linear" is
+    diffusers' "scaled_linear"); other schedules are diffusers' betas, widened."""
+    n, start, end = config.num_train_timesteps, config.beta_start, config.beta_end
+    if config.trained_betas is not None:
+        return torch.as_tensor(list(config.trained_betas), dtype=torch.float64)
+    if config.beta_schedule == "scaled_linear":
+        return torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
+    if config.beta_schedule == "linear":
+        return torch.linspace(start, end, n, dtype=torch.float64)
+    return make_betas(n, start, end, config.beta_schedule).double()
+
+
 class KSampler(SchedulerMixin):
     """Base of the k-diffusion-style samplers: sigma grid, denoiser conversion, noise, and the step driver.
 
@@ -113,9 +148,7 @@ class KSampler(SchedulerMixin):
 
     def _setup(self) -> None:
         """Training schedule from the config; nothing to sample until ``set_timesteps``."""
-        self.alphas_cumprod = train_alphas_cumprod(self.config)
-        self.train_sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5  # [T] float32, ascending
-        self.log_sigmas = self.train_sigmas.log()
+        self.alphas_cumprod, self.train_sigmas, self.log_sigmas = training_schedule(self.config)
         self.num_inference_steps: int | None = None
         self.sigmas = torch.zeros(0)
         self.timesteps = torch.zeros(0)
@@ -212,9 +245,10 @@ class KSampler(SchedulerMixin):
             sigmas = torch.cat([t_to_sigma(t, self.log_sigmas), torch.zeros(1)])
         if sigmas is not None:
             grid = checked_custom_sigmas(sigmas, owner)
+            self.requested_steps = len(grid) - 1
         else:
-            steps = check_num_inference_steps(owner, num_inference_steps, None)
-            grid = self.sigma_grid(steps)
+            self.requested_steps = check_num_inference_steps(owner, num_inference_steps, None)
+            grid = self.sigma_grid(self.requested_steps)
         self.num_inference_steps = len(grid) - 1
         self.sigmas = grid
         self._grid = [float(s) for s in grid]

@@ -62,10 +62,11 @@ SCHEDULER_CLASSES: tuple[type[SchedulerMixin], ...] = (
 )
 TOOLS = ("schedcmp", "diffusers", "a1111", "comfy")
 TOOL_TITLES = {"schedcmp": "schedcmp", "diffusers": "diffusers", "a1111": "A1111", "comfy": "ComfyUI"}
-# How each tool feeds a k-diffusion-style sampler: the UNet's timesteps and the initial noise scale.
+# How each tool feeds a k-diffusion-style sampler: the UNet's timesteps, the initial noise scale and the
+# arithmetic of its training sigmas.
 TOOL_CONFIG = {
-    "a1111": {"timestep_type": "continuous", "noise_scaling": "sigma"},
-    "comfy": {"timestep_type": "discrete", "noise_scaling": "marginal"},
+    "a1111": {"timestep_type": "continuous", "noise_scaling": "sigma", "training_arithmetic": "a1111"},
+    "comfy": {"timestep_type": "discrete", "noise_scaling": "marginal", "training_arithmetic": "comfy"},
 }
 AUTOMATIC = "automatic"
 
@@ -191,10 +192,11 @@ A1111_SAMPLERS: tuple[SchedulerPreset, ...] = (
     _a1111("DPM2 a", "dpm2_ancestral:DPM2AncestralSampler", "karras", "DPM-Solver-2 ancestral",
            discard_penultimate_sigma=True),
     # A1111 hands DPM fast / adaptive the model's sigma range and its ancestral eta (default 1), whatever the
-    # schedule type.
-    _a1111("DPM fast", "dpm_fast:DPMFastSampler", "uniform", "DPM-Solver fast (k-diffusion)", True, eta=1.0,
+    # schedule type; the schedule type still sets the initial noise, z * sigmas[0] (and DPM fast's n = steps is
+    # the grid's step count, except on DDIM's grid when the steps do not divide 1000).
+    _a1111("DPM fast", "dpm_fast:DPMFastSampler", "uniform", "DPM-Solver fast (k-diffusion)", eta=1.0,
            sigma_range="model"),
-    _a1111("DPM adaptive", "dpm_adaptive:DPMAdaptiveSampler", "uniform", "adaptive DPM-Solver (k-diffusion)", True,
+    _a1111("DPM adaptive", "dpm_adaptive:DPMAdaptiveSampler", "uniform", "adaptive DPM-Solver (k-diffusion)",
            eta=1.0, sigma_range="model"),
     _a1111("Restart", "restart:RestartSampler", "karras", "Restart sampling, Xu et al. 2023"),
     _a1111("DDIM", "a1111_ddim:A1111DDIMSampler", "uniform", "A1111's DDIM on its own timesteps", True),

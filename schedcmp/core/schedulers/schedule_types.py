@@ -205,7 +205,11 @@ def kl_optimal(g: GridInputs) -> torch.Tensor:
 
 
 def comfy_kl_optimal(g: GridInputs) -> torch.Tensor:
-    """ComfyUI kl_optimal: the same tan ramp over n points, then 0 (the last step goes to sigma 0)."""
+    """ComfyUI kl_optimal: the same tan ramp over n points, then 0 (the last step goes to sigma 0). ComfyUI spaces
+    the points by 1 / (n - 1): its 1-step grid is NaN, so one step is refused."""
+    if g.steps < 2:
+        raise ConfigError("ComfyUI's kl_optimal needs at least 2 steps: it spaces its n points by 1 / (n - 1), so "
+                          "its 1-step grid is NaN")
     ramp = torch.arange(g.steps, dtype=torch.float).div_(g.steps - 1)
     sigmas = ramp.new_zeros(g.steps + 1)
     sigmas[:-1] = (ramp * math.atan(g.sigma_min) + (1 - ramp) * math.atan(g.sigma_max)).tan_()

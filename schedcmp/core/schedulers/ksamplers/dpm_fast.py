@@ -118,7 +118,8 @@ class DPMFastSampler(DPMSolverSampler):
     def plan(self, sigmas: list[float]) -> list[tuple[float, float, int, float]]:
         """Per interval: its start lambda, the lambda it solves to, the noise std added after it, its order."""
         sigma_min, sigma_max = self.sigma_range(sigmas)
-        n = len(sigmas) - 1
+        # A1111 hands it the steps asked for, ComfyUI the grid's (they differ on DDIM's grid, 7 steps -> 8)
+        n = self.requested_steps if self.config.sigma_range == "model" else len(sigmas) - 1
         lam_start, lam_end = -math.log(sigma_max), -math.log(sigma_min)
         m = n // 3 + 1
         lams = [lam_start + (lam_end - lam_start) * k / m for k in range(m)] + [lam_end]
