@@ -36,7 +36,7 @@ from tool_pairs import (
 
 from schedcmp.core.errors import ConfigError
 from schedcmp.core.schedulers.k_sampler import KSampler
-from schedcmp.core.schedulers.registry import make_scheduler
+from schedcmp.core.schedulers.registry import make_scheduler, resolve_scheduler
 
 # k-diffusion's dpm_fast / dpm_adaptive wrap their float sigma range with torch.tensor(tensor)
 pytestmark = pytest.mark.filterwarnings("ignore:To copy construct from a tensor:UserWarning")
@@ -45,7 +45,8 @@ STEPS = 10
 TOLERANCE = 1e-5
 # Fresh noise puts some elements near the test data's decision boundary at small sigma, where dD/dx reaches ~15 and
 # float32 rounding on both sides is amplified (k-diffusion in float32 is itself up to 1e-5 from its float64 run):
-# the ancestral, Brownian and DDPM samplers' parity tests need 5e-5 (tests/test_ksampler_stochastic.py).
+# the ancestral, Brownian and DDPM samplers' parity tests need 5e-5 (tests/test_ksampler_stochastic.py): every
+# sampler that draws noise gets it.
 NOISY_TOLERANCE = 5e-5
 # DPM fast with eta (A1111 gives it eta 1) jumps up to h = 6 in lambda, where expm1(h) / h amplifies float32
 # rounding: without eta ours equals k-diffusion to 1e-6 (tests/test_ksampler_ode.py), with A1111's eta 1 ours is
@@ -56,12 +57,6 @@ FLOAT32_SENSITIVE = 1e-3
 # noise, but the tools' own float32 and float64 runs of these pairs differ by 2e-5 to 2.5e-2 (median 1.9e-3): 2e-3,
 # or SPREADS times the pair's own spread where that is larger (ROUNDING_SENSITIVE). Their calls must still agree.
 ADAPTIVE_TOLERANCE = 2e-3
-NOISY = {
-    "a1111": {"DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a", "DPM2 a"},
-    "comfy": {"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu",
-              "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde",
-              "dpmpp_3m_sde_gpu", "ddpm", "exp_heun_2_x0_sde"},
-}
 ADAPTIVE = {"a1111": {"DPM adaptive"}, "comfy": {"dpm_adaptive"}}
 # A rounding-sensitive pair's bound in units of the tool's own float32-vs-float64 spread: ours computes its scalars
 # in float64 and its tensors in float32, so it lies near neither run exactly; 4 spreads (measured up to 3.2).
@@ -89,7 +84,7 @@ def tolerance(tool: str, name: str) -> float:
         return ADAPTIVE_TOLERANCE
     if tool == "a1111" and name == "DPM fast":
         return FLOAT32_SENSITIVE
-    return NOISY_TOLERANCE if name in NOISY[tool] else TOLERANCE
+    return NOISY_TOLERANCE if resolve_scheduler(f"{tool}:{name}").cls.stochastic else TOLERANCE
 
 
 def _lookup(table: dict, tool: str, name: str, schedule: str) -> str | None:
