@@ -33,7 +33,8 @@ def _load() -> tuple[types.ModuleType, types.ModuleType]:
         return sys.modules["k_diffusion.sampling"], sys.modules["k_diffusion.external"]
     folder = _package_dir()
     if folder is None:
-        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1)")
+        pytest.fail("k-diffusion, the samplers' oracle, is not installed: `make test` installs it, or run "
+                    "pip install --no-deps k-diffusion==0.1.1.post1", pytrace=False)
     stand_ins = []
     try:
         import torchvision.transforms.functional  # noqa: F401
