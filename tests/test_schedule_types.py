@@ -160,3 +160,17 @@ def test_custom_sigmas_are_checked(values, message) -> None:
 def test_unknown_schedule_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"^unknown schedule 'nope'; schedules: uniform, karras"):
         sigma_grid("nope", 10, TRAIN)
+
+
+@pytest.mark.parametrize("schedule", ["karras", "exponential", "polyexponential"])
+def test_a1111s_sigma_range_settings_bound_the_schedule(schedule: str) -> None:
+    reference = getattr(sampling(), f"get_sigmas_{schedule}")(10, 0.1, 10.0)  # A1111's old Karras range
+    torch.testing.assert_close(sigma_grid(schedule, 10, TRAIN, min_sigma=0.1, max_sigma=10.0), reference)
+
+
+def test_the_sigma_range_options_reach_the_grid() -> None:
+    from schedcmp.core import make_scheduler
+
+    scheduler = make_scheduler("DPM++ 2M", config={}, schedule_sigma_min=0.1, schedule_sigma_max=10.0)
+    scheduler.set_timesteps(10)
+    torch.testing.assert_close(scheduler.sigmas, sampling().get_sigmas_karras(10, 0.1, 10.0))

@@ -65,6 +65,8 @@ COMMON_PARAMETERS: tuple[inspect.Parameter, ...] = (
     _keyword("ays_model", AysModel, "sd15"),
     _keyword("threshold_noise", Annotated[float, Range(gt=0, lt=1)], 0.025),
     _keyword("linear_steps", PositiveInt | None, None),
+    _keyword("schedule_sigma_min", PositiveFloat | None, None),  # A1111's "sigma min / max" settings
+    _keyword("schedule_sigma_max", PositiveFloat | None, None),
     _keyword("discard_penultimate_sigma", bool, False),
     _keyword("timestep_type", Literal["continuous", "discrete"], "continuous"),
     _keyword("noise_scaling", Literal["sigma", "marginal"], "sigma"),
@@ -200,6 +202,8 @@ class KSampler(SchedulerMixin):
             ays_model=config.ays_model,
             threshold_noise=config.threshold_noise,
             linear_steps=config.linear_steps,
+            min_sigma=config.schedule_sigma_min,
+            max_sigma=config.schedule_sigma_max,
         )
         if extra:  # A1111's discard_next_to_last_sigma, ComfyUI's DISCARD_PENULTIMATE_SIGMA_SAMPLERS
             grid = torch.cat([grid[:-2], grid[-1:]])

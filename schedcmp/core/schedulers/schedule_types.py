@@ -64,14 +64,16 @@ class GridInputs:
     ays_model: AysModel = "sd15"
     threshold_noise: float = 0.025
     linear_steps: int | None = None
+    min_sigma: float | None = None  # A1111's "sigma min" / "sigma max" settings (None: the model's)
+    max_sigma: float | None = None
 
     @property
     def sigma_min(self) -> float:
-        return float(self.train_sigmas[0])
+        return float(self.train_sigmas[0]) if self.min_sigma is None else self.min_sigma
 
     @property
     def sigma_max(self) -> float:
-        return float(self.train_sigmas[-1])
+        return float(self.train_sigmas[-1]) if self.max_sigma is None else self.max_sigma
 
     @property
     def log_sigmas(self) -> torch.Tensor:
