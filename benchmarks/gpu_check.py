@@ -21,6 +21,7 @@ downloads), saves them in diffusers' layout, loads the folder with both librarie
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import sys
@@ -42,7 +43,7 @@ import schedcmp.core as core  # noqa: E402
 from schedcmp.core.conditioning import Conditioning  # noqa: E402
 from schedcmp.core.load import load_pipeline  # noqa: E402
 from schedcmp.core.pipeline import to_unit_images  # noqa: E402
-from schedcmp.core.schedulers import ALIASES  # noqa: E402
+from schedcmp.core.schedulers import A1111_SAMPLERS, ALIASES, COMFY_SAMPLERS  # noqa: E402
 from schedcmp.engine import Engine, synchronize  # noqa: E402
 from schedcmp.plan import build_plan  # noqa: E402
 
@@ -107,23 +108,31 @@ def parity(ours, theirs, size: int, device: str) -> dict[str, float]:
 
 
 def sync_free(device: str) -> dict[str, str]:
-    """Each scheduler's whole loop under CUDA's sync debug mode: 'ok' or the error it raised."""
+    """Each scheduler's whole loop under CUDA's sync debug mode, diffusers' classes and every A1111 / ComfyUI
+    sampler: 'ok' or the error it raised (DPM adaptive syncs by design: its step size reads an error norm)."""
     outcome = {}
     config = json.loads((FIXTURES / "sd15" / "scheduler" / "scheduler_config.json").read_text())
-    for cls in core.SCHEDULER_CLASSES:
-        scheduler = cls.from_config(config)
+    tool_presets = [p for p in (*A1111_SAMPLERS, *COMFY_SAMPLERS) if not p.name.endswith("_gpu")]
+    schedulers = {cls.__name__: cls.from_config(config) for cls in core.SCHEDULER_CLASSES}
+    schedulers |= {f"{p.tool}:{p.name}": p.build(config) for p in tool_presets}
+    for name, scheduler in schedulers.items():
         scheduler.set_timesteps(12, device=device)
         generator = torch.Generator(device).manual_seed(0)
         sample = torch.randn((1, 4, 64, 64), device=device, generator=generator)
-        kwargs = {"generator": generator} if "generator" in scheduler.step.__code__.co_varnames else {}
+        kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         torch.cuda.set_sync_debug_mode("error")
         try:
-            for t in scheduler.timesteps:
+            i = 0
+            while i < len(scheduler.timesteps):  # DPM adaptive adds its calls as it goes
+                t = scheduler.timesteps[i]
                 model_input = scheduler.scale_model_input(sample, t)
-                sample = scheduler.step(torch.randn_like(model_input), t, sample, **kwargs).prev_sample
-            outcome[cls.__name__] = "ok"
+                output = torch.randn_like(model_input) * 0.1
+                extra = {"uncond_output": output} if getattr(scheduler, "needs_uncond", False) else {}
+                sample = scheduler.step(output, t, sample, **kwargs, **extra).prev_sample
+                i += 1
+            outcome[name] = "ok"
         except RuntimeError as err:
-            outcome[cls.__name__] = f"sync: {str(err).splitlines()[0]}"
+            outcome[name] = f"sync: {str(err).splitlines()[0]}"
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return outcome
