@@ -16,7 +16,7 @@ class ChurnSampler(KSampler):
     """The churn Heun and DPM2 share (Karras et al. 2022 Alg. 2 lines 4-6): before step i, where s_tmin <= sigma_i
     <= s_tmax, sigma rises to sigma_hat = sigma_i (1 + gamma) with fresh noise of std sqrt(sigma_hat^2 -
     sigma_i^2), gamma = min(s_churn / n, sqrt 2 - 1). Subclasses declare the options s_churn, s_tmin, s_tmax,
-    s_noise and churn_draws."""
+    s_noise and, where the tools differ, churn_draws (k-diffusion's "every_step" without it)."""
 
     @property
     def is_stochastic(self) -> bool:
@@ -39,7 +39,7 @@ class ChurnSampler(KSampler):
         any step churns (used only where gamma > 0); ComfyUI (``churn_draws="churn_steps"``) only where gamma > 0.
         Without churn no draw matters, so none is made."""
         gammas = self._gammas()
-        every = self.config.churn_draws == "every_step" and any(gamma > 0 for gamma in gammas)
+        every = self.config.get("churn_draws", "every_step") == "every_step" and any(gamma > 0 for gamma in gammas)
         return [(s * (gamma + 1), every or gamma > 0) for s, gamma in zip(self._grid[:-1], gammas, strict=True)]
 
     def _churn(self, x: torch.Tensor, i: int, sigma_hat: float, draws: bool) -> torch.Tensor:

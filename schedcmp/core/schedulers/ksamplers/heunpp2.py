@@ -8,10 +8,11 @@ import math
 
 import torch
 
-from ..k_sampler import KSampler, Program, sampler_config
+from ..k_sampler import Program, sampler_config
+from .churn import ChurnSampler
 
 
-class HeunPP2Sampler(KSampler):
+class HeunPP2Sampler(ChurnSampler):
     """Step i from sigma_hat (the churned sigma_i) with d = (x - D) / sigma_hat and dt = sigma_{i+1} - sigma_hat:
 
     - to the last sigma: Euler, x <- x + d dt (one call);
@@ -21,7 +22,7 @@ class HeunPP2Sampler(KSampler):
       x <- x + ((1 - w_2 - w_3) d + w_2 d_2 + w_3 d_3) dt with w_k = sigma_{i+k-1} / (3 sigma_0) (three calls).
 
     ``s_churn`` > 0 raises sigma to sigma_hat = sigma (1 + gamma) with fresh noise where s_tmin <= sigma <= s_tmax
-    (gamma = min(s_churn / n, sqrt 2 - 1)); as in ComfyUI, a noise draw is then made at every step, used or not.
+    (``ChurnSampler``); as in ComfyUI, a noise draw is then made at every step, used or not.
     """
 
     calls_per_step = 3
@@ -30,17 +31,6 @@ class HeunPP2Sampler(KSampler):
     def __init__(self, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0):
         """Heun++ 2 with optional churn (ComfyUI's ``heunpp2``)."""
 
-    @property
-    def is_stochastic(self) -> bool:
-        return any(gamma > 0 for gamma in self._gammas()) if len(self.sigmas) else self.config.s_churn > 0
-
-    def _gammas(self) -> list[float]:
-        """Churn gamma_i of every step (Karras et al. 2022 Alg. 2 line 4)."""
-        config, sigmas = self.config, self._grid
-        n = len(sigmas) - 1
-        gamma = min(config.s_churn / n, 2**0.5 - 1) if n else 0.0
-        return [gamma if config.s_tmin <= s <= config.s_tmax else 0.0 for s in sigmas[:-1]]
-
     def call_sigmas(self, sigmas: list[float]) -> list[float]:
         end, calls = sigmas[-1], []
         for i, gamma in enumerate(self._gammas()):
@@ -48,17 +38,10 @@ class HeunPP2Sampler(KSampler):
             calls.extend(s for s in sigmas[i + 1 : i + 3] if s != end)
         return calls
 
-    def first_point_moves(self) -> bool:
-        return self._gammas()[0] > 0
-
     def program(self, x: torch.Tensor) -> Program:
-        sigmas, end, gammas = self.grid, self.grid[-1], self._gammas()
-        draws = any(gamma > 0 for gamma in gammas)  # ComfyUI draws at every step; without churn none is used
-        for i, gamma in enumerate(gammas):
-            noise = self.noise_like(x) if draws else None
-            sigma_hat = sigmas[i] * (gamma + 1)
-            if gamma > 0:
-                x = x + noise * (self.config.s_noise * math.sqrt(sigma_hat**2 - sigmas[i] ** 2))
+        sigmas, end = self.grid, self.grid[-1]
+        for i, (sigma_hat, draws) in enumerate(self._churned()):  # ComfyUI draws at every step once churn is on
+            x = self._churn(x, i, sigma_hat, draws)
             denoised = yield x
             d = (x - denoised) / sigma_hat
             dt = sigmas[i + 1] - sigma_hat
