@@ -89,8 +89,12 @@ def run(
         help="Comma-separated step counts, e.g. 20,30.", rich_help_panel=SAMPLING)] = None,
     seed: Annotated[int | None, typer.Option(
         help="Seed of every run's generator (default 8).", rich_help_panel=SAMPLING)] = None,
-    guidance: Annotated[float | None, typer.Option(
-        help="Classifier-free guidance scale (the model's default: 7.5, SDXL 5.0).", rich_help_panel=SAMPLING)] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="A sweep over seeds: 8,9,10 or A1111 ranges 1-16, 1-16 (+2), 1-100 [8].",
+        rich_help_panel=SAMPLING)] = None,
+    guidance: Annotated[str | None, typer.Option(
+        help="Classifier-free guidance scale (the model's default: 7.5, SDXL 5.0), or a sweep: 5,7.5 / 3-9 (+1.5).",
+        rich_help_panel=SAMPLING)] = None,
     size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT (model default).", rich_help_panel=SAMPLING)] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP, rich_help_panel=MODEL)] = None,
     device: Annotated[Device | None, typer.Option(
@@ -146,8 +150,8 @@ def run(
     """Sample the same prompt and seed with every scheduler and step count; write grid, table and record."""
     overrides = {
         "prompt": prompt, "negative_prompt": negative_prompt, "schedulers": schedulers, "schedules": schedules,
-        "steps": steps,
-        "model": model, "seed": seed, "guidance": guidance, "size": size, "device": _value(device),
+        "steps": steps, "model": model, "seed": seed, "seeds": seeds, "guidance": _number_or_axis(guidance),
+        "size": size, "device": _value(device),
         "dtype": _value(dtype), "mode": None if batched is None else ("batched" if batched else "sequential"),
         "max_batch": max_batch, "generator_device": _value(generator_device), "clip_skip": clip_skip,
         "prediction_type": _value(prediction_type), "vae": vae,
@@ -193,6 +197,16 @@ def show_config(
         show_config(model, as_name)
 
     _finish(run_guarded(body, debug))
+
+
+def _number_or_axis(text: str | None) -> float | str | None:
+    """A flag that is a number or an axis: the number as a float, an axis as its text (the plan reads it)."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def entry_point() -> None:

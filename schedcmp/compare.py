@@ -23,12 +23,14 @@ from .core.pipeline import DiffusionPipeline
 from .engine import Engine, EngineReport, cpu_threads
 from .errors import OutputFolderError, RunFailedError, SchedcmpError
 from .outputs.folder import OutputFolder
-from .outputs.record import results_text
+from .outputs.record import IMAGES, results_text
 from .outputs.summary import Summary
+from .outputs.sweep import PAGES, SWEEP_NAME, page_name, samples_of, statistics_table, write_sweep
 from .outputs.tables import cost_table, expectation_table, timing_table
 from .outputs.writer import ResultWriter, Written
 from .plan import Plan
 from .smoke import DEFAULT_TOLERANCE_DB, check_determinism, compare_with_expected, identical_results, read_expected
+from .statistics import cell_statistics, pareto_front, recommend
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -97,23 +99,36 @@ def _read_baseline(expect: Path | None, out: Path) -> dict[str, Any] | None:
     return read_expected(expect)
 
 
-def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
-    """Load the model once, run every cell of the plan, write every output; returns the exit code."""
+def _load(plan: Plan, options: RunOptions) -> tuple[DiffusionPipeline, torch.device, Plan]:
+    """The pipeline on its device (compiled if asked), and the plan with the model's defaults filled in."""
+    device = resolve_device(plan.device)
+    dtype = resolve_dtype(plan.dtype, device, plan.model)
+    if options.cuda_graphs and device.type != "cuda":
+        raise SchedcmpError(f"--cuda-graphs needs a CUDA device; this run is on {device.type} "
+                            "(use --compile instead)")
+    pipeline = load_pipeline(plan.model, device, dtype, options.allow_pickle, plan.clip_skip, plan.prediction_type,
+                             plan.vae)
+    plan = plan.with_model_defaults(pipeline)
+    if options.compile_model or options.cuda_graphs:
+        pipeline.compile(mode="reduce-overhead" if options.cuda_graphs else None)
+    return pipeline, device, plan
+
+
+def _output_folder(options: RunOptions) -> OutputFolder:
     folder = OutputFolder(options.out or Path("out") / time.strftime("run-%Y%m%d-%H%M%S"), options.overwrite)
     folder.check()
+    return folder
+
+
+def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
+    """Load the model once, run every cell of the plan, write every output; returns the exit code."""
+    if plan.is_sweep:
+        return run_sweep(plan, options, signals)
+    folder = _output_folder(options)
     baseline = _read_baseline(options.expect, folder.target)
     notes: list[str] = []
     with shown_warnings(notes):
-        device = resolve_device(plan.device)
-        dtype = resolve_dtype(plan.dtype, device, plan.model)
-        if options.cuda_graphs and device.type != "cuda":
-            raise SchedcmpError(f"--cuda-graphs needs a CUDA device; this run is on {device.type} "
-                                "(use --compile instead)")
-        pipeline = load_pipeline(plan.model, device, dtype, options.allow_pickle, plan.clip_skip, plan.prediction_type,
-                                 plan.vae)
-        plan = plan.with_model_defaults(pipeline)
-        if options.compile_model or options.cuda_graphs:
-            pipeline.compile(mode="reduce-overhead" if options.cuda_graphs else None)
+        pipeline, device, plan = _load(plan, options)
         engine = Engine(pipeline, plan)
     size = plan.size or pipeline.default_size
     staging = folder.open_staging()
@@ -139,13 +154,77 @@ def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int
     return _verdict(summary, written, baseline, signals, folder.target, options, pipeline, device)
 
 
-def _sample(engine: Engine, plan: Plan, writer: ResultWriter) -> EngineReport:
+def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
+    """A sweep over seeds and guidance: every page (one seed and scale) is the comparison it would be alone, in
+    its own folder under pages/, written as it finishes; then the statistics over seeds, the Pareto front and the
+    recommendation (sweep.json, statistics.csv, the terminal) and a grid per page at the top."""
+    if options.expect is not None or options.check_determinism:
+        raise SchedcmpError("--expect and --check-determinism check one page; run them without --seeds or a "
+                            "guidance sweep")
+    folder = _output_folder(options)
+    notes: list[str] = []
+    with shown_warnings(notes):
+        pipeline, _device, plan = _load(plan, options)
+    size = plan.size or pipeline.default_size
+    staging = folder.open_staging()
+    pages: list[tuple[str, Summary]] = []
+    try:
+        interrupted = False
+        for number, page in enumerate(plan.pages(), start=1):
+            name = page_name(page, plan)
+            page_folder = staging / PAGES / name
+            (page_folder / IMAGES).mkdir(parents=True)
+            page_notes: list[str] = []
+            with shown_warnings(page_notes):
+                engine = Engine(pipeline, page)
+                writer = ResultWriter(page_folder, page, size, pipeline.provenance)
+                report = _sample(engine, page, writer, f"page {number}/{len(plan.pages())} ({name}): ")
+            with signals.deferred():
+                report.warnings.extend(notes + page_notes)
+                summary = Summary.build(page, report, pipeline.describe(), size)
+                writer.finish(summary)
+            pages.append((name, summary))
+            if report.interrupted:
+                interrupted = True
+                break
+        with signals.deferred():
+            samples = [sample for _name, summary in pages for sample in samples_of(summary)]
+            cells = cell_statistics(samples, plan.target_error)
+            front = pareto_front(cells)
+            recommendation = recommend(cells, plan.target_error)
+            (staging / IMAGES).rmdir()  # a sweep's images are in its pages
+            names = write_sweep(staging, plan, pages, cells, front, recommendation)
+            folder.commit()
+    except SchedcmpError:
+        folder.discard()
+        raise
+    except BaseException:
+        terminal.warning(f"the pages that finished are kept in {staging}")
+        raise
+    if options.json_output:
+        sys.stdout.write((folder.target / SWEEP_NAME).read_text(encoding="utf-8"))
+    else:
+        terminal.show(statistics_table(cells, plan.target_error))
+        terminal.show(f"recommendation: {recommendation.describe()}")
+        terminal.show(f"{len(pages)} pages, {sum(len(s.results) for _n, s in pages)} runs; wrote "
+                      f"{', '.join(str(folder.target / n) for n in names)} and {PAGES}/")
+    if interrupted:
+        terminal.note("interrupted", f"wrote the pages that finished to {folder.target}")
+        return signals.exit_code() or 130
+    failed = [(name, r) for name, s in pages for r in s.failed()]
+    if failed:
+        listed = ", ".join(f"{name} run {r.index + 1} ({r.spec.label})" for name, r in failed[:5])
+        raise RunFailedError(f"{len(failed)} runs of the sweep failed: {listed}")
+    return 0
+
+
+def _sample(engine: Engine, plan: Plan, writer: ResultWriter, prefix: str = "") -> EngineReport:
     """Every run, with a transient progress bar on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=terminal.err(), transient=True) as progress:
-        task = progress.add_task(f"{len(plan.runs)} runs, {plan.mode}", total=engine.total_model_calls)
+        task = progress.add_task(f"{prefix}{len(plan.runs)} runs, {plan.mode}", total=engine.total_model_calls)
         return engine.run(lambda n: progress.advance(task, n), writer.run_finished)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .axes import parse_axis
 from .core.configuration import init_keys
 from .core.errors import ConfigError, UnknownSchedulerError
 from .core.schedulers import SchedulerPreset, resolve_scheduler, schedule_overrides
@@ -27,6 +28,7 @@ PLAN_KEYS = (
     "prompt",
     "negative_prompt",
     "seed",
+    "seeds",
     "size",
     "guidance",
     "device",
@@ -134,12 +136,27 @@ class Plan:
     reference: ReferenceSpec | None = None
     target_error: float = DEFAULT_TARGET_ERROR
     source: Path | None = None
+    seeds: tuple[int, ...] = ()  # the seed axis of a sweep (empty: just ``seed``)
+    guidances: tuple[float | None, ...] = ()  # the guidance axis (empty: just ``guidance``)
 
     def with_model_defaults(self, pipeline: Any) -> Plan:
         """The plan with what it left to the model filled in from the loaded pipeline (its default guidance)."""
-        if self.guidance is not None:
+        if self.guidance is not None and None not in self.guidances:
             return self
-        return dataclasses.replace(self, guidance=pipeline.default_guidance)
+        default = pipeline.default_guidance
+        return dataclasses.replace(self, guidance=default if self.guidance is None else self.guidance,
+                                   guidances=tuple(default if g is None else g for g in self.guidances))
+
+    @property
+    def is_sweep(self) -> bool:
+        """Whether the plan has more than one page: several seeds or guidance scales."""
+        return len(self.seeds) > 1 or len(self.guidances) > 1
+
+    def pages(self) -> list[Plan]:
+        """One plan per (guidance, seed) of the sweep, guidance outermost; each is what running that page alone
+        would be, so a cell's image does not depend on the sweep around it."""
+        return [dataclasses.replace(self, seed=seed, guidance=guidance, seeds=(seed,), guidances=(guidance,))
+                for guidance in (self.guidances or (self.guidance,)) for seed in (self.seeds or (self.seed,))]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -147,8 +164,10 @@ class Plan:
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "seed": self.seed,
+            "seeds": list(self.seeds or (self.seed,)),
             "size": list(self.size) if self.size else None,
             "guidance": self.guidance,
+            "guidances": list(self.guidances or (self.guidance,)),
             "device": self.device,
             "dtype": self.dtype,
             "mode": self.mode,
@@ -585,12 +604,10 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         message = f"negative_prompt must be text, got {negative_prompt!r}"
         raise source("negative_prompt").error(message, "negative_prompt")
 
-    seed = value("seed", 8)
-    if not _is_whole(seed) or not 0 <= seed <= MAX_SEED:
-        raise source("seed").error(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}", "seed")
-    guidance = value("guidance", None)  # None: the model's default (SD 7.5, SDXL 5.0), filled in once it loads
-    if guidance is not None and (not _is_number(guidance) or not 0 <= guidance <= 100):
-        raise source("guidance").error(f"guidance must be a number from 0 to 100, got {guidance!r}", "guidance")
+    seeds = _seeds(source, raw)
+    seed = seeds[0]
+    guidances = _guidances(source("guidance"), value("guidance", None))
+    guidance = guidances[0]
 
     size = None
     if value("size", None) is not None:
@@ -641,9 +658,9 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         model=model,
         prompt=prompt,
         negative_prompt=negative_prompt,
-        seed=int(seed),
+        seed=seed,
         size=size,
-        guidance=None if guidance is None else float(guidance),
+        guidance=guidance,
         device=picked["device"],
         dtype=picked["dtype"],
         mode=picked["mode"],
@@ -657,7 +674,50 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         reference=reference,
         target_error=float(target_error),
         source=path,
+        seeds=tuple(seeds) if len(seeds) > 1 else (),
+        guidances=tuple(guidances) if len(guidances) > 1 else (),
     )
+
+
+def _seeds(source: Any, raw: dict[str, Any]) -> list[int]:
+    """``seeds:`` (a list or A1111 ranges: 1-8, 1-16 (+2)) or the single ``seed:`` (8 when neither is given)."""
+    if raw.get("seeds") is not None and raw.get("seed") is not None:
+        raise source("seeds").error("give seed (one) or seeds (a sweep), not both", "seeds")
+    key = "seeds" if raw.get("seeds") is not None else "seed"
+    if key == "seed":
+        seed = raw.get("seed", 8) if raw.get("seed") is not None else 8
+        if not _is_whole(seed) or not 0 <= seed <= MAX_SEED:
+            raise source("seed").error(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}", "seed")
+        return [int(seed)]
+    try:
+        seeds = parse_axis(raw["seeds"], "seeds", whole=True)
+    except ValueError as err:
+        raise source("seeds").error(str(err), "seeds") from None
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise source("seeds").error(f"seeds must lie from 0 to {MAX_SEED}, got {bad[0]}", "seeds")
+    if len(set(seeds)) < len(seeds):
+        raise source("seeds").error("seeds: each seed once (a repeated seed repeats its images)", "seeds")
+    return seeds
+
+
+def _guidances(where: _Located, guidance: Any) -> list[float | None]:
+    """``guidance:`` one scale or an axis of them (5,7.5 / 3-9 (+1.5)); None: the model's default."""
+    if guidance is None:
+        return [None]
+    if _is_number(guidance):
+        values = [float(guidance)]
+    else:
+        try:
+            values = parse_axis(guidance, "guidance")
+        except ValueError as err:
+            raise where.error(str(err), "guidance") from None
+    for scale in values:
+        if not 0 <= scale <= 100:
+            raise where.error(f"guidance must be a number from 0 to 100, got {scale:g}", "guidance")
+    if len(set(values)) < len(values):
+        raise where.error("guidance: each scale once", "guidance")
+    return values
 
 
 def _reference(plan: _Located, value: Any) -> ReferenceSpec | None:

@@ -29,7 +29,7 @@ def _nothing(root: Path) -> None:
 # (id, setup, arguments, exit code, the one line on stderr). "{root}" is the test's working folder.
 CASES = [
     ("unknown flag", _nothing, ["run", "--stpes", "3"], 2,
-     "error: No such option: --stpes (Possible options: --dtype, --size, --steps) (see 'schedcmp run --help')"),
+     "error: No such option: --stpes (Possible options: --dtype, --seeds, --steps) (see 'schedcmp run --help')"),
     ("flag without its value", _nothing, ["run", "--steps"], 2,
      "error: Option '--steps' requires an argument (see 'schedcmp --help')"),
     ("device not offered", _nothing, ["run", "--device", "gpu"], 2,
@@ -56,7 +56,7 @@ CASES = [
     ("size the built-in model lacks", _nothing, ["run", *QUICK, "--size", "128x128"], 1,
      "error: builtin:shapes draws its data set at 64x64; got size 128x128 (use --size 64x64 or leave --size out)"),
     ("negative guidance", _nothing, ["run", *QUICK, "--guidance", "-1"], 1,
-     "error: guidance must be a number from 0 to 100, got -1.0"),
+     "error: guidance must be a number from 0 to 100, got -1"),
     ("negative seed", _nothing, ["run", *QUICK, "--seed", "-1"], 1,
      "error: seed must be a whole number from 0 to 9223372036854775807, got -1"),
     ("zero lanes", _nothing, ["run", *QUICK, "--batched", "--max-batch", "0"], 1,
@@ -92,7 +92,7 @@ CASES = [
      "error: plan.yaml: not a UTF-8 text file; expected a YAML plan"),
     ("a plan with an unknown key", _file("plan.yaml", "prompt: x\nschedulrs: [ddim]\n"), ["run", "plan.yaml"], 1,
      "error: plan.yaml:2: unknown plan key 'schedulrs'; did you mean 'schedulers'? allowed: model, prompt, "
-     "negative_prompt, seed, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, "
+     "negative_prompt, seed, seeds, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, "
      "schedulers, schedules, steps, runs, reference, target_error"),
     ("a scheduler option of the wrong type",
      _file("plan.yaml", "runs:\n  - {scheduler: ddim, steps: 4, options: {num_train_timesteps: 'a lot'}}\n"),

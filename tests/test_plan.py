@@ -81,9 +81,9 @@ def test_schedulers_flag_replaces_the_files_runs(tmp_path: Path) -> None:
     [
         ("prompt: x\n  bad: [\n", "{path}:2: invalid YAML: mapping values are not allowed here"),
         ("- just\n- a list\n", "{path}:1: a plan must be a YAML mapping of keys (model, prompt, negative_prompt, seed, "
-         "size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, schedulers, schedules, steps, runs, reference, target_error)"),
+         "seeds, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, schedulers, schedules, steps, runs, reference, target_error)"),
         ("prompt: x\nsed: 3\nschedulers: [ddim]\n", "{path}:2: unknown plan key 'sed'; did you mean 'seed'? allowed: "
-         "model, prompt, negative_prompt, seed, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, "
+         "model, prompt, negative_prompt, seed, seeds, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, "
          "schedulers, schedules, steps, runs, reference, target_error"),
         ("prompt: x\nruns:\n  - {scheduler: eulr, steps: 5}\n",
          "{path}:3: unknown scheduler 'eulr'; did you mean 'euler', 'euler_a', 'edm_euler'?"),
@@ -96,7 +96,7 @@ def test_schedulers_flag_replaces_the_files_runs(tmp_path: Path) -> None:
         ("prompt: x\nsize: 30x30\nschedulers: [ddim]\n",
          "{path}:2: size sides must be multiples of 8 from 8 to 4096, got 30x30"),
         ("prompt: x\nseed: -1\nschedulers: [ddim]\n", "{path}:2: seed must be a whole number from 0 to 9223372036854775807, got -1"),
-        ("prompt: x\nguidance: lots\nschedulers: [ddim]\n", "{path}:2: guidance must be a number from 0 to 100, got 'lots'"),
+        ("prompt: x\nguidance: lots\nschedulers: [ddim]\n", "{path}:2: guidance: cannot read 'lots'; write numbers and ranges such as 8, 1-5, 1-10 (+2) or 1-10 [5]"),
         ("prompt: x\nmode: parallel\nschedulers: [ddim]\n",
          "{path}:2: mode must be one of sequential, batched; got 'parallel'"),
         ("prompt: x\nschedulers: [ddim]\nsteps: [10, ten]\n", "{path}:3: steps must be whole numbers, got 'ten'"),

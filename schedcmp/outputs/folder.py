@@ -14,7 +14,8 @@ from ..errors import OutputExistsError, OutputFolderError
 
 # Everything a comparison writes into its folder; only these are ever replaced or removed there.
 RESULT_NAMES = ("grid.png", "timings.csv", "results.json", "images", "reference.png", "error_vs_calls.png",
-                "report.html")
+                "report.html", "sweep.json", "statistics.csv", "pages")
+PAGE_GRIDS = "grid-*.png"  # a sweep's grid per page
 STAGING_PREFIX = ".schedcmp-incomplete-"  # + the target's name + a random tail: a run still writing (or killed)
 
 
@@ -42,6 +43,12 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)  # rmtree unlinks symlinks inside the tree rather than descending into them
 
 
+def _result_names(folder: Path) -> list[str]:
+    """The results a folder may hold: the fixed names and a sweep's page grids found there."""
+    grids = sorted(p.name for p in folder.glob(PAGE_GRIDS)) if folder.is_dir() else []
+    return [*RESULT_NAMES, *grids]
+
+
 class OutputFolder:
     """Where a comparison's results go; checked before anything runs, written only through a staging folder."""
 
@@ -58,7 +65,7 @@ class OutputFolder:
             if _exists(parent) and not parent.is_dir():
                 where = "is a file" if parent == target else f"lies below {parent}, which is a file"
                 raise OutputFolderError(f"--out {target} {where}; choose a folder")
-        existing = [name for name in RESULT_NAMES if _exists(target / name)]
+        existing = [name for name in _result_names(target) if _exists(target / name)]
         if existing and not self.overwrite:
             raise OutputExistsError(
                 f"{target} already holds results ({', '.join(existing)}); pass --overwrite to replace them or "
@@ -82,7 +89,7 @@ class OutputFolder:
         self.target.mkdir(parents=True, exist_ok=True)
         replaced = staging / ".replaced"  # the old results, removed with the staging folder once the new are in
         replaced.mkdir()
-        for name in RESULT_NAMES:
+        for name in dict.fromkeys([*_result_names(self.target), *_result_names(staging)]):
             if _exists(self.target / name):
                 os.replace(self.target / name, replaced / name)
             if _exists(staging / name):

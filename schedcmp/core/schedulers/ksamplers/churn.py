@@ -13,10 +13,10 @@ ChurnDraws = Literal["every_step", "churn_steps"]
 
 
 class ChurnSampler(KSampler):
-    """The churn Euler, Heun, DPM2 and Heun++ 2 share (Karras et al. 2022 Alg. 2 lines 4-6): before step i, where s_tmin <= sigma_i
-    <= s_tmax, sigma rises to sigma_hat = sigma_i (1 + gamma) with fresh noise of std sqrt(sigma_hat^2 -
-    sigma_i^2), gamma = min(s_churn / n, sqrt 2 - 1). Subclasses declare the options s_churn, s_tmin, s_tmax,
-    s_noise and, where the tools differ, churn_draws (k-diffusion's "every_step" without it)."""
+    """The churn Euler, Heun, DPM2 and Heun++ 2 share (Karras et al. 2022 Alg. 2 lines 4-6): before step i, where
+    s_tmin <= sigma_i <= s_tmax, sigma rises to sigma_hat = sigma_i (1 + gamma) with fresh noise of std
+    sqrt(sigma_hat^2 - sigma_i^2), gamma = min(s_churn / n, sqrt 2 - 1). Subclasses declare the options s_churn,
+    s_tmin, s_tmax, s_noise and, where the tools differ, churn_draws (k-diffusion's "every_step" without it)."""
 
     @property
     def is_stochastic(self) -> bool:

@@ -1,0 +1,176 @@
+"""Sweeps over seeds and guidance: pages that equal their cells run alone, statistics over seeds on hand-computed
+cases, the Pareto front, and a recommendation with a known answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from schedcmp.cli import app
+from schedcmp.errors import PlanError
+from schedcmp.plan import build_plan
+from schedcmp.statistics import Sample, cell_statistics, pareto_front, quartiles, recommend
+
+
+def _sample(row: str, steps: int, seed: int, error: float | None, calls: int | None = None,
+            stochastic: bool = False) -> Sample:
+    return Sample(row, steps, seed, 7.5, calls or steps, 0.01 * steps, error, stochastic)
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+
+
+def test_seeds_and_guidance_make_pages_guidance_outermost() -> None:
+    plan = build_plan(None, {"schedulers": "ddim", "steps": "4", "seeds": "1-3", "guidance": "5,7.5"})
+    assert plan.is_sweep
+    assert [(page.seed, page.guidance) for page in plan.pages()] == [
+        (1, 5.0), (2, 5.0), (3, 5.0), (1, 7.5), (2, 7.5), (3, 7.5)]
+    assert all(not page.is_sweep for page in plan.pages())
+
+
+def test_one_seed_and_one_scale_are_no_sweep() -> None:
+    plan = build_plan(None, {"schedulers": "ddim", "steps": "4", "seeds": "8", "guidance": 5.0})
+    assert not plan.is_sweep
+    assert (plan.seed, plan.guidance, plan.pages()[0].seed) == (8, 5.0, 8)
+
+
+def test_the_models_default_guidance_fills_a_sweep_of_seeds() -> None:
+    plan = build_plan(None, {"schedulers": "ddim", "steps": "4", "seeds": "1,2"})
+
+    class Model:
+        default_guidance = 5.0
+
+    assert [page.guidance for page in plan.with_model_defaults(Model()).pages()] == [5.0, 5.0]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"seeds": "1-3", "seed": 4}, "give seed (one) or seeds (a sweep), not both"),
+    ({"seeds": "2,2"}, "seeds: each seed once (a repeated seed repeats its images)"),
+    ({"seeds": "-1-3"}, "seeds must lie from 0 to 9223372036854775807, got -1"),
+    ({"guidance": "5,500"}, "guidance must be a number from 0 to 100, got 500"),
+    ({"guidance": "5-7 (+0)"}, "guidance: '5-7 (+0)' never reaches its end with a step of 0"),
+])
+def test_bad_sweep_axes_are_refused_in_one_line(overrides, message) -> None:
+    with pytest.raises(PlanError) as error:
+        build_plan(None, {"schedulers": "ddim", "steps": "4", **overrides})
+    assert str(error.value) == message
+
+
+def test_a_plan_file_sweep_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text("schedulers: [ddim]\nsteps: 4\nseeds: 1-x\n")
+    with pytest.raises(PlanError) as error:
+        build_plan(path)
+    assert str(error.value) == (f"{path}:3: seeds: cannot read '1-x'; write numbers and ranges such as 8, 1-5, "
+                                "1-10 (+2) or 1-10 [5]")
+
+
+# ------------------------------------------------------------------------------------------ the statistics
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([4.0], (4.0, 4.0, 4.0)),
+    ([1.0, 2.0, 3.0, 4.0, 5.0], (2.0, 3.0, 4.0)),
+    ([1.0, 2.0, 3.0, 4.0], (1.75, 2.5, 3.25)),  # numpy.percentile's linear rule
+    ([10.0, 0.0, 5.0], (2.5, 5.0, 7.5)),
+])
+def test_quartiles_follow_numpys_linear_rule(values, expected) -> None:
+    assert quartiles(values) == pytest.approx(expected)
+    assert tuple(np.percentile(values, [25, 50, 75])) == pytest.approx(expected)
+
+
+def test_cell_statistics_over_seeds() -> None:
+    samples = [_sample("euler", 10, seed, error) for seed, error in enumerate([0.01, 0.02, 0.04, 0.08])]
+    (cell,) = cell_statistics(samples, target_error=0.05)
+    assert (cell.seeds, cell.model_calls, cell.share_reaching) == (4, 10, 0.75)
+    assert (cell.q1_error, cell.median_error, cell.q3_error) == pytest.approx((0.0175, 0.03, 0.05))
+    assert cell.iqr == pytest.approx(0.0325)
+
+
+def test_unmeasured_seeds_do_not_count() -> None:
+    (cell,) = cell_statistics([_sample("euler", 10, 0, 0.01), _sample("euler", 10, 1, None)], target_error=0.05)
+    assert (cell.seeds, cell.median_error, cell.share_reaching) == (1, 0.01, 1.0)
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_both_error_and_calls() -> None:
+    cells = cell_statistics([
+        _sample("a", 5, 0, 0.30), _sample("a", 10, 0, 0.05), _sample("a", 20, 0, 0.01),
+        _sample("b", 5, 0, 0.10), _sample("b", 10, 0, 0.06), _sample("b", 20, 0, 0.001),
+    ], target_error=0.05)
+    assert [(c.row, c.steps) for c in pareto_front(cells)] == [("b", 5), ("a", 10), ("b", 20)]
+
+
+def test_the_recommendation_is_the_cheapest_cell_reaching_the_target_on_enough_seeds() -> None:
+    samples = []
+    for seed in range(10):  # "a" 10 steps reaches 0.05 on 8 seeds of 10, "b" 20 steps on all, "c" 5 steps on 5
+        samples.append(_sample("a", 10, seed, 0.04 if seed < 8 else 0.2))
+        samples.append(_sample("b", 20, seed, 0.01))
+        samples.append(_sample("c", 5, seed, 0.03 if seed % 2 else 0.3))
+    cells = cell_statistics(samples, target_error=0.05)
+    assert (recommend(cells, 0.05, 0.9).cell.row, recommend(cells, 0.05, 0.9).candidates) == ("b", 1)
+    assert recommend(cells, 0.05, 0.8).cell.row == "a"
+    assert recommend(cells, 0.05, 0.5).cell.row == "c"
+    assert recommend(cells, 0.001, 0.5).cell is None
+
+
+def test_a_tie_on_calls_goes_to_the_deterministic_cell() -> None:
+    cells = cell_statistics([_sample("sde", 10, 0, 0.001, stochastic=True), _sample("ode", 10, 0, 0.01)], 0.05)
+    assert recommend(cells, 0.05).cell.row == "ode"
+
+
+def test_the_recommendation_says_what_to_use_and_the_evidence() -> None:
+    cells = cell_statistics([_sample("euler", 10, s, 0.01 * (s + 1)) for s in range(4)], target_error=0.05)
+    assert recommend(cells, 0.05, 0.9).describe() == (
+        "euler at 10 steps (guidance 7.5): 10 model calls, median RMSE 0.025 (IQR 0.015) over 4 seeds, 100% "
+        "within 0.05; the cheapest of 1 that reach it on 90% of seeds")
+    assert recommend(cells, 0.001, 0.9).describe() == (
+        "no sampler reached latent RMSE <= 0.001 on 90% of the seeds; try more steps or a looser --target-error")
+
+
+# ----------------------------------------------------------------------------------------- the sweep, run
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    result = CliRunner().invoke(app, ["run", "--schedulers", "ddim,Euler a", "--steps", "3,6", "--seeds", "3,4",
+                                      "--guidance", "2,4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_a_sweep_writes_its_pages_statistics_and_recommendation(sweep: Path) -> None:
+    document = json.loads((sweep / "sweep.json").read_text())
+    assert [page["name"] for page in document["pages"]] == [
+        "seed3-guidance2", "seed4-guidance2", "seed3-guidance4", "seed4-guidance4"]
+    assert len(document["statistics"]) == 2 * 2 * 2  # sampler x steps x guidance
+    assert {c["seeds"] for c in document["statistics"]} == {2}
+    assert document["recommendation"]["text"]
+    for page in document["pages"]:
+        assert (sweep / f"grid-{page['name']}.png").exists()
+        assert json.loads((sweep / page["folder"] / "results.json").read_text())["plan"]["seed"] == page["seed"]
+    assert (sweep / "statistics.csv").read_text().splitlines()[0].startswith("scheduler,steps,guidance,seeds")
+
+
+def test_a_cell_of_a_sweep_equals_the_cell_run_alone(sweep: Path, tmp_path: Path) -> None:
+    alone = tmp_path / "alone"
+    result = CliRunner().invoke(app, ["run", "--schedulers", "Euler a", "--steps", "6", "--seed", "4",
+                                      "--guidance", "4", "--out", str(alone)])
+    assert result.exit_code == 0, result.output
+    (single,) = sorted((alone / "images").iterdir())
+    from_sweep = sorted((sweep / "pages" / "seed4-guidance4" / "images").glob("*euler-a-6.png"))
+    assert len(from_sweep) == 1
+    assert np.array_equal(np.asarray(Image.open(single)), np.asarray(Image.open(from_sweep[0])))
+
+
+def test_a_sweep_refuses_the_single_page_checks(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "--schedulers", "ddim", "--steps", "3", "--seeds", "1,2",
+                                      "--check-determinism", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --expect and --check-determinism check one page; run them without --seeds or a guidance sweep")
