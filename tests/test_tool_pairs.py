@@ -16,18 +16,18 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from ksampler_harness import MEANS, SD_CONFIG, SHAPE, relative_error, run_ours
+from ksampler_harness import SD_CONFIG, SHAPE, relative_error, run_ours
 from test_ksampler_ode import run_dynamic
 from tool_pairs import (
     A1111_CFG,
     A1111_SAMPLERS,
     A1111_SCHEDULE_TYPES,
+    ANALYTIC,
     COMFY_CFG,
     COMFY_SAMPLERS,
     COMFY_SCHEDULERS,
-    COND_MEANS,
     SEED,
-    UNet,
+    Model,
     a1111_pipeline,
     comfy_calculate_sigmas,
     comfy_model_sampling,
@@ -105,10 +105,11 @@ def rounding_sensitive(tool: str, name: str, schedule: str) -> str | None:
 # --- our side ----------------------------------------------------------------------------------------------------
 
 
-def run_guided(scheduler: KSampler, x: torch.Tensor, generator: torch.Generator, cfg: float) -> torch.Tensor:
+def run_guided(scheduler: KSampler, x: torch.Tensor, generator: torch.Generator, cfg: float,
+               model: Model = ANALYTIC) -> torch.Tensor:
     """diffusers' loop with CFG outside the scheduler, as the engine does it for a CFG++ sampler: the guided
     prediction (the CFG scale times the sampler's ``guidance_scale_multiplier``) and the unconditional one."""
-    cond, uncond = UNet(COND_MEANS), UNet(MEANS)
+    cond, uncond = model.guided()
     scale = cfg * scheduler.guidance_scale_multiplier
     for t in scheduler.timesteps:
         x_in = scheduler.scale_model_input(x, t)
@@ -118,19 +119,20 @@ def run_guided(scheduler: KSampler, x: torch.Tensor, generator: torch.Generator,
     return x
 
 
-def run_registry(tool: str, name: str, schedule: str, steps: int) -> tuple[torch.Tensor, list[float]]:
-    """Ours: the registry's scheduler for the tool's names on SD 1.5, from the seed's latents times
-    ``init_noise_sigma``, further draws from the same generator; (final latent, every call's timestep)."""
-    scheduler = make_scheduler(f"{tool}:{name}", schedule=schedule, config=SD_CONFIG)
+def run_registry(tool: str, name: str, schedule: str, steps: int,
+                 model: Model = ANALYTIC) -> tuple[torch.Tensor, list[float]]:
+    """Ours: the registry's scheduler for the tool's names on ``model``'s config (SD 1.5's), from the seed's latents
+    times ``init_noise_sigma``, further draws from the same generator; (final latent, every call's timestep)."""
+    scheduler = make_scheduler(f"{tool}:{name}", schedule=schedule, config=model.config)
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(SEED)
     x = torch.randn(SHAPE, generator=generator) * scheduler.init_noise_sigma
     if scheduler.needs_uncond:
-        sample = run_guided(scheduler, x, generator, A1111_CFG if tool == "a1111" else COMFY_CFG)
+        sample = run_guided(scheduler, x, generator, A1111_CFG if tool == "a1111" else COMFY_CFG, model)
     elif scheduler.dynamic_timesteps:
-        sample = run_dynamic(scheduler, UNet(), x, generator)
+        sample = run_dynamic(scheduler, model.plain(), x, generator)
     else:
-        sample = run_ours(scheduler, UNet(), x, generator)
+        sample = run_ours(scheduler, model.plain(), x, generator)
     return sample, scheduler.timesteps.tolist()
 
 

@@ -9,12 +9,17 @@ A run goes as the tool goes:
    ComfyUI: dpm_2, dpm_2_ancestral, uni_pc, uni_pc_bh2) compute steps + 1 and drop sigmas[-2];
 2. the initial noise: A1111 z * sigmas[0] (its timestep samplers DDIM, DDIM CFG++, PLMS and UniPC start from z
    itself); ComfyUI z * sqrt(1 + sigma_0^2) when sigma_0 is the model's sigma_max (or above), else z * sigma_0;
-3. the model: A1111's CompVisDenoiser (k-diffusion's DiscreteEpsDDPMDenoiser, fractional timesteps), ComfyUI's
-   model call (``comfy/model_base.py`` apply_model through ``model_sampling``: the nearest integer timestep);
+3. the model: A1111's CompVisDenoiser (k-diffusion's DiscreteEpsDDPMDenoiser, fractional timesteps; for a v model
+   CompVisVDenoiser, DiscreteVDDPMDenoiser, and its timestep samplers' CompVisTimestepsVDenoiser; its LCM wrapper is
+   an eps denoiser whatever the model), ComfyUI's model call (``comfy/model_base.py`` apply_model through
+   ``model_sampling``: the nearest integer timestep; EPS or V_PREDICTION);
 4. the sampler: k-diffusion's ``sample_*`` where the tool runs k-diffusion's code (A1111 hands it eta = 1, its
    "Eta for ancestral samplers", when the function takes one, and DPM fast / adaptive the model's sigma range
    with n = steps; ComfyUI DPM fast / adaptive sigma_min = sigmas[-1], or sigmas[-2] when that is 0, and
    n = len(sigmas) - 1), else the loop transcribed from the tool in the sampler's own test module.
+
+The network is pluggable (``Model``: its config and fresh recording networks, ``model=`` of both pipelines and of
+tests/test_tool_pairs.py's ``run_registry``); by default ``ANALYTIC``, the mixture's ``UNet`` below on SD 1.5.
 
 The model's training schedule: by default the one schedcmp derives from the SD 1.5 config (float32 betas and
 cumprod, diffusers' arithmetic), so that a pair measures the tool's pipeline; ``tool_arithmetic=True`` derives it
@@ -41,7 +46,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from kdiffusion_oracle import generator_noise_sampler, hijacked_noise, sampling
+from kdiffusion_oracle import external, generator_noise_sampler, hijacked_noise, sampling
 from ksampler_harness import MEANS, SD_CONFIG, SHAPE, STD
 from test_ksampler_a1111 import (
     CFG_SCALE,
@@ -135,28 +140,51 @@ class UNet:
         return (x - _posterior_mean(x, sigma, self.means)) / sigma
 
 
-class ComfyDenoiser:
-    """ComfyUI's EPS model call: D(x, sigma) = x - sigma eps(x / sqrt(sigma^2 + 1), timestep(sigma))."""
+@dataclass(frozen=True)
+class Model:
+    """The network of a pair, for both sides (tests/test_tool_pairs.py's ``run_registry`` too): the config of its
+    training schedule (betas, ``prediction_type``) and factories of fresh networks (c_in x, t) -> eps or v that
+    record every t they are given (``timesteps``): ``plain`` for every sampler but CFG++, ``guided`` the CFG++
+    samplers' (conditional, unconditional) pair, whose first records."""
 
-    def __init__(self, unet: UNet, ms: ComfyModelSampling):
-        self.unet, self.ms = unet, ms
+    config: dict[str, Any]
+    plain: Callable[[], Any]
+    guided: Callable[[], tuple[Any, Any]]
+
+    @property
+    def v_prediction(self) -> bool:
+        """Whether the network predicts v (else eps)."""
+        return self.config.get("prediction_type", "epsilon") == "v_prediction"
+
+
+ANALYTIC = Model(MODEL_CONFIG, UNet, lambda: (UNet(COND_MEANS), UNet(MEANS)))  # the default: the mixture's UNet
+
+
+class ComfyDenoiser:
+    """ComfyUI's model call, EPS: D(x, sigma) = x - sigma eps(x / sqrt(sigma^2 + 1), timestep(sigma)); V_PREDICTION
+    (``comfy/model_sampling.py``, sigma_data 1): D = x / (sigma^2 + 1) - sigma v / sqrt(sigma^2 + 1)."""
+
+    def __init__(self, unet: Callable, ms: ComfyModelSampling, v_prediction: bool = False):
+        self.unet, self.ms, self.v_prediction = unet, ms, v_prediction
 
     def __call__(self, x: torch.Tensor, sigma: Any, **_: Any) -> torch.Tensor:
         sigma = torch.as_tensor(sigma).reshape(-1)[:1]
         s = sigma.view(-1, *([1] * (x.ndim - 1)))
-        eps = self.unet(x / (s**2 + 1.0) ** 0.5, self.ms.timestep(sigma).float())
-        return x - eps * s
+        output = self.unet(x / (s**2 + 1.0) ** 0.5, self.ms.timestep(sigma).float())
+        if self.v_prediction:
+            return x / (s**2 + 1.0) - output * s / (s**2 + 1.0) ** 0.5
+        return x - output * s
 
 
 class ComfyGuided:
     """ComfyUI's cfg_function around two conditionings, D = D_u + cfg (D_c - D_u), keeping D_u where the CFG++
     samplers' post-CFG hook puts it (``uncond_denoised``); ``unet`` (the conditional one) records the calls."""
 
-    def __init__(self, ms: ComfyModelSampling):
+    def __init__(self, ms: ComfyModelSampling, model: Model = ANALYTIC):
         self.ms = ms
-        self.unet = UNet(COND_MEANS)
-        self.cond = ComfyDenoiser(self.unet, ms)
-        self.uncond = ComfyDenoiser(UNet(MEANS), ms)
+        self.unet, uncond = model.guided()
+        self.cond = ComfyDenoiser(self.unet, ms, model.v_prediction)
+        self.uncond = ComfyDenoiser(uncond, ms, model.v_prediction)
         self.uncond_denoised: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, sigma: Any, **_: Any) -> torch.Tensor:
@@ -262,48 +290,59 @@ def a1111_get_sigmas(sampler: A1111Sampler, schedule: str, steps: int, inner_mod
     return sigmas.float()
 
 
-def model_alphas_cumprod(tool_arithmetic: bool = True) -> torch.Tensor:
-    """The SD 1.5 model's float32 alpha-bar: schedcmp's derivation, or the LDM model's buffer (A1111's view)."""
-    return ldm_alphas_cumprod(MODEL_CONFIG) if tool_arithmetic else train_alphas_cumprod(MODEL_CONFIG)
+def model_alphas_cumprod(tool_arithmetic: bool = True, config: dict = MODEL_CONFIG) -> torch.Tensor:
+    """The model's (SD 1.5's) float32 alpha-bar: schedcmp's derivation, or the LDM model's buffer (A1111's view)."""
+    return ldm_alphas_cumprod(config) if tool_arithmetic else train_alphas_cumprod(config)
 
 
-def comfy_model_sampling(tool_arithmetic: bool = True) -> ComfyModelSampling:
-    """ComfyUI's model_sampling of the SD 1.5 model: on schedcmp's training sigmas, or as ComfyUI derives them."""
+def a1111_denoiser(unet: Callable, alphas_cumprod: torch.Tensor, v_prediction: bool = False) -> torch.nn.Module:
+    """A1111's k-diffusion model wrapper: CompVisDenoiser, or CompVisVDenoiser (k-diffusion's DiscreteVDDPMDenoiser)
+    for a v model (``sd_samplers_kdiffusion.py``: by ``parameterization``; fractional timesteps)."""
+    if v_prediction:
+        return external().DiscreteVDDPMDenoiser(unet, alphas_cumprod, quantize=False)
+    return a1111_model_wrap(unet, alphas_cumprod)
+
+
+def comfy_model_sampling(tool_arithmetic: bool = True, config: dict = MODEL_CONFIG) -> ComfyModelSampling:
+    """ComfyUI's model_sampling of the model (SD 1.5): on schedcmp's training sigmas, or as ComfyUI derives them."""
     if tool_arithmetic:
-        return ComfyModelSampling.from_config(MODEL_CONFIG)
-    alphas_cumprod = train_alphas_cumprod(MODEL_CONFIG)
+        return ComfyModelSampling.from_config(config)
+    alphas_cumprod = train_alphas_cumprod(config)
     return ComfyModelSampling(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
 
 
 def a1111_pipeline(label: str, schedule: str, steps: int, tool_arithmetic: bool = True,
-                   dtype: torch.dtype | None = None) -> ToolRun:
-    """A1111 1.10's txt2img sampling for sampler ``label`` and Schedule type ``schedule`` (SD 1.5, seed SEED);
+                   dtype: torch.dtype | None = None, model: Model = ANALYTIC) -> ToolRun:
+    """A1111 1.10's txt2img sampling for sampler ``label`` and Schedule type ``schedule`` (``model``, seed SEED);
     ``dtype`` float64 runs a k-diffusion sampler in float64 (the same float32 draws), to measure the tool's own
     rounding."""
     sampler = A1111_SAMPLERS[label]
     float64 = dtype == torch.float64
     if float64 and not sampler.function.startswith("sample_"):
         raise ValueError(f"{label}: float64 runs are for A1111's k-diffusion samplers")
-    alphas_cumprod = model_alphas_cumprod(tool_arithmetic)
-    unet = UNet()
+    alphas_cumprod = model_alphas_cumprod(tool_arithmetic, model.config)
+    v_prediction = model.v_prediction
+    unet = model.plain()
     z, generator = _latents()
     if sampler.timestep_sampler:  # CompVisSampler.sample: its own timesteps, from z itself
         timesteps = a1111_timesteps(steps)
         if sampler.function == "unipc":
-            sample = a1111_unipc_reference(unet, z, alphas_cumprod, len(timesteps), [])
+            sample = a1111_unipc_reference(unet, z, alphas_cumprod, len(timesteps), [], v_prediction=v_prediction)
         elif sampler.function == "plms":
-            sample = reference_plms(TimestepsDenoiser(unet, alphas_cumprod), z, timesteps, alphas_cumprod)
+            sample = reference_plms(TimestepsDenoiser(unet, alphas_cumprod, v_prediction), z, timesteps,
+                                    alphas_cumprod)
         elif sampler.function == "ddim_cfgpp":  # CFG at CFG_SCALE times the sampler's 1 / 12.5, D_u for the step
-            unet = UNet(COND_MEANS)
-            model = TimestepsDenoiser(unet, alphas_cumprod, uncond=UNet(MEANS))
-            sample = reference_ddim(model, z, timesteps, alphas_cumprod, generator, cfgpp=True)
+            unet, uncond = model.guided()
+            denoiser = TimestepsDenoiser(unet, alphas_cumprod, v_prediction, uncond=uncond)
+            sample = reference_ddim(denoiser, z, timesteps, alphas_cumprod, generator, cfgpp=True)
         else:
-            sample = reference_ddim(TimestepsDenoiser(unet, alphas_cumprod), z, timesteps, alphas_cumprod, generator)
+            sample = reference_ddim(TimestepsDenoiser(unet, alphas_cumprod, v_prediction), z, timesteps,
+                                    alphas_cumprod, generator)
         return ToolRun(sample, unet.timesteps)
-    if sampler.function == "lcm":
+    if sampler.function == "lcm":  # LCMCompVisDenoiser: an eps denoiser whatever the model's parameterization
         inner_model = lcm_denoiser(unet, alphas_cumprod)
     else:
-        inner_model = a1111_model_wrap(unet, alphas_cumprod)
+        inner_model = a1111_denoiser(unet, alphas_cumprod, v_prediction)
     sigmas = a1111_get_sigmas(sampler, schedule, steps, inner_model)
     x = z * sigmas[0]
     if sampler.function == "lcm":
@@ -472,18 +511,21 @@ def comfy_initial_noise(z: torch.Tensor, sigmas: torch.Tensor, ms: ComfyModelSam
 
 
 def comfy_pipeline(name: str, scheduler: str, steps: int, tool_arithmetic: bool = True,
-                   dtype: torch.dtype | None = None) -> ToolRun:
-    """ComfyUI's KSampler node for sampler ``name`` and scheduler ``scheduler`` (SD 1.5, full denoise, seed SEED);
+                   dtype: torch.dtype | None = None, model: Model = ANALYTIC) -> ToolRun:
+    """ComfyUI's KSampler node for sampler ``name`` and scheduler ``scheduler`` (``model``, full denoise, seed SEED);
     ``dtype`` (float32, float64) overrides the reference's arithmetic (see ``ComfySampler``) with the same float32
     draws, to measure the tool's own rounding."""
     sampler = COMFY_SAMPLERS[name]
     if sampler is None:
         raise NotImplementedError(f"ComfyUI's {name}: no source to transcribe")
-    ms = comfy_model_sampling(tool_arithmetic)
+    ms = comfy_model_sampling(tool_arithmetic, model.config)
     sigmas = comfy_calculate_sigmas(name, scheduler, steps, ms)
     z, generator = _latents()
-    x = comfy_initial_noise(z, sigmas, ms)
-    model = ComfyGuided(ms) if sampler.guided else ComfyDenoiser(UNet(), ms)
+    x = comfy_initial_noise(z, sigmas, ms)  # V_PREDICTION scales the noise as EPS does
+    if sampler.guided:
+        denoiser = ComfyGuided(ms, model)
+    else:
+        denoiser = ComfyDenoiser(model.plain(), ms, model.v_prediction)
     if dtype is None:
         dtype = torch.float64 if sampler.float64 else torch.float32
         grid = sigmas.double() if sampler.float64 or sampler.float64_sigmas else sigmas
@@ -496,5 +538,5 @@ def comfy_pipeline(name: str, scheduler: str, steps: int, tool_arithmetic: bool 
         noise = float32_draws(generator, dtype) if dtype == torch.float64 else generator_noise_sampler(generator, x)
     else:
         noise = None
-    sample = sampler.run(model, x.to(dtype), grid, noise)
-    return ToolRun(sample.float(), model.unet.timesteps)
+    sample = sampler.run(denoiser, x.to(dtype), grid, noise)
+    return ToolRun(sample.float(), denoiser.unet.timesteps)
