@@ -89,6 +89,9 @@ def run(
         help="Comma-separated step counts, e.g. 20,30.", rich_help_panel=SAMPLING)] = None,
     seed: Annotated[int | None, typer.Option(
         help="Seed of every run's generator (default 8).", rich_help_panel=SAMPLING)] = None,
+    prompt_sr: Annotated[str | None, typer.Option(
+        "--prompt-sr", help="A1111's Prompt S/R: 'red,blue,green' samples the prompt with red replaced by each.",
+        rich_help_panel=SAMPLING)] = None,
     seeds: Annotated[str | None, typer.Option(
         help="A sweep over seeds: 8,9,10 or A1111 ranges 1-16, 1-16 (+2), 1-100 [8].",
         rich_help_panel=SAMPLING)] = None,
@@ -150,7 +153,8 @@ def run(
     """Sample the same prompt and seed with every scheduler and step count; write grid, table and record."""
     overrides = {
         "prompt": prompt, "negative_prompt": negative_prompt, "schedulers": schedulers, "schedules": schedules,
-        "steps": steps, "model": model, "seed": seed, "seeds": seeds, "guidance": _number_or_axis(guidance),
+        "steps": steps, "model": model, "seed": seed, "seeds": seeds, "prompt_sr": prompt_sr,
+        "guidance": _number_or_axis(guidance),
         "size": size, "device": _value(device),
         "dtype": _value(dtype), "mode": None if batched is None else ("batched" if batched else "sequential"),
         "max_batch": max_batch, "generator_device": _value(generator_device), "clip_skip": clip_skip,

@@ -27,6 +27,9 @@ PLAN_KEYS = (
     "model",
     "prompt",
     "negative_prompt",
+    "prompts",
+    "negative_prompts",
+    "prompt_sr",
     "seed",
     "seeds",
     "size",
@@ -138,6 +141,7 @@ class Plan:
     source: Path | None = None
     seeds: tuple[int, ...] = ()  # the seed axis of a sweep (empty: just ``seed``)
     guidances: tuple[float | None, ...] = ()  # the guidance axis (empty: just ``guidance``)
+    prompt_variants: tuple[tuple[str, str], ...] = ()  # the (prompt, negative prompt) axis (empty: just those)
 
     def with_model_defaults(self, pipeline: Any) -> Plan:
         """The plan with what it left to the model filled in from the loaded pipeline (its default guidance)."""
@@ -150,13 +154,16 @@ class Plan:
     @property
     def is_sweep(self) -> bool:
         """Whether the plan has more than one page: several seeds or guidance scales."""
-        return len(self.seeds) > 1 or len(self.guidances) > 1
+        return len(self.seeds) > 1 or len(self.guidances) > 1 or len(self.prompt_variants) > 1
 
     def pages(self) -> list[Plan]:
-        """One plan per (guidance, seed) of the sweep, guidance outermost; each is what running that page alone
-        would be, so a cell's image does not depend on the sweep around it."""
-        return [dataclasses.replace(self, seed=seed, guidance=guidance, seeds=(seed,), guidances=(guidance,))
-                for guidance in (self.guidances or (self.guidance,)) for seed in (self.seeds or (self.seed,))]
+        """One plan per (guidance, prompt, seed) of the sweep, guidance outermost, seed innermost; each is what
+        running that page alone would be, so a cell's image does not depend on the sweep around it."""
+        variants = self.prompt_variants or ((self.prompt, self.negative_prompt),)
+        return [dataclasses.replace(self, seed=seed, guidance=guidance, prompt=prompt, negative_prompt=negative,
+                                    seeds=(seed,), guidances=(guidance,), prompt_variants=((prompt, negative),))
+                for guidance in (self.guidances or (self.guidance,)) for prompt, negative in variants
+                for seed in (self.seeds or (self.seed,))]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -168,6 +175,7 @@ class Plan:
             "size": list(self.size) if self.size else None,
             "guidance": self.guidance,
             "guidances": list(self.guidances or (self.guidance,)),
+            "prompt_variants": [list(v) for v in self.prompt_variants or ((self.prompt, self.negative_prompt),)],
             "device": self.device,
             "dtype": self.dtype,
             "mode": self.mode,
@@ -594,6 +602,8 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
     model = str(value("model", "builtin:shapes"))
     builtin = model.startswith("builtin:")
     prompt = value("prompt", BUILTIN_PROMPT if builtin else None)
+    if raw.get("prompt") is None and isinstance(raw.get("prompts"), list) and raw["prompts"]:
+        prompt = raw["prompts"][0]  # checked with the others below
     if prompt is None:
         raise PlanError("no prompt: pass --prompt TEXT or set prompt: in the plan file (only builtin:shapes has a "
                         "default prompt)")
@@ -603,6 +613,8 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
     if not isinstance(negative_prompt, str):
         message = f"negative_prompt must be text, got {negative_prompt!r}"
         raise source("negative_prompt").error(message, "negative_prompt")
+    variants = _prompt_variants(source, raw, prompt, negative_prompt)
+    prompt, negative_prompt = variants[0]
 
     seeds = _seeds(source, raw)
     seed = seeds[0]
@@ -676,7 +688,41 @@ def build_plan(path: Path | None = None, overrides: Mapping[str, Any] | None = N
         source=path,
         seeds=tuple(seeds) if len(seeds) > 1 else (),
         guidances=tuple(guidances) if len(guidances) > 1 else (),
+        prompt_variants=tuple(variants) if len(variants) > 1 else (),
     )
+
+
+def _texts(where: _Located, value: Any, key: str) -> list[str]:
+    """A YAML list of texts (or one text)."""
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(item, str) for item in items):
+        raise where.error(f"{key} must be a list of texts, got {value!r}", key)
+    return items
+
+
+def _prompt_variants(source: Any, raw: dict[str, Any], prompt: str, negative: str) -> list[tuple[str, str]]:
+    """The (prompt, negative prompt) pairs of a sweep: ``prompts:`` x ``negative_prompts:``, or A1111's Prompt
+    S/R (``prompt_sr: [search, replace, ...]``: the first value is replaced by each value, the first included, in
+    the prompt and the negative prompt alike); one pair without either."""
+    if raw.get("prompt_sr") is not None:
+        if raw.get("prompts") is not None:
+            raise source("prompt_sr").error("give prompts or prompt_sr, not both", "prompt_sr")
+        value = raw["prompt_sr"]
+        words = [w.strip() for w in value.split(",")] if isinstance(value, str) else _texts(
+            source("prompt_sr"), value, "prompt_sr")
+        words = [w for w in words if w]
+        if len(words) < 2:
+            raise source("prompt_sr").error("prompt_sr needs the text to search for and at least one replacement, "
+                                            f"got {value!r}", "prompt_sr")
+        if words[0] not in prompt and words[0] not in negative:
+            raise source("prompt_sr").error(f"prompt_sr: {words[0]!r} is not in the prompt or the negative prompt",
+                                            "prompt_sr")
+        return [(prompt.replace(words[0], w), negative.replace(words[0], w)) for w in dict.fromkeys(words)]
+    prompts = _texts(source("prompts"), raw["prompts"], "prompts") if raw.get("prompts") is not None else [prompt]
+    negatives = [negative]
+    if raw.get("negative_prompts") is not None:
+        negatives = _texts(source("negative_prompts"), raw["negative_prompts"], "negative_prompts")
+    return [(p, n) for p in dict.fromkeys(prompts) for n in dict.fromkeys(negatives)]
 
 
 def _seeds(source: Any, raw: dict[str, Any]) -> list[int]:

@@ -26,16 +26,17 @@ class Sample:
     seconds: float
     error: float | None
     stochastic: bool
+    prompt: str = ""
 
 
 @dataclass(frozen=True)
 class CellStatistics:
-    """One (row, steps, guidance) over the sweep's seeds."""
+    """One (row, steps, guidance) over the sweep's seeds and prompts."""
 
     row: str
     steps: int
     guidance: float
-    seeds: int  # how many seeds were measured
+    seeds: int  # how many samples (seed, prompt) were measured
     model_calls: int  # the median over seeds (a DPM adaptive run's count varies)
     median_seconds: float
     median_error: float | None
@@ -43,7 +44,8 @@ class CellStatistics:
     q3_error: float | None
     stochastic: bool
     target_error: float
-    errors: tuple[float, ...]  # each measured seed's error, in seed order
+    errors: tuple[float, ...]  # each measured sample's error, in sweep order
+    prompts: int = 1  # how many prompts the samples span
 
     @property
     def iqr(self) -> float | None:
@@ -60,6 +62,7 @@ class CellStatistics:
 
     def to_json(self) -> dict[str, Any]:
         return {"scheduler": self.row, "steps": self.steps, "guidance": self.guidance, "seeds": self.seeds,
+                "prompts": self.prompts,
                 "model_calls": self.model_calls, "median_seconds": self.median_seconds,
                 "median_error": self.median_error, "q1_error": self.q1_error, "q3_error": self.q3_error,
                 "share_reaching_target": self.share_reaching, "stochastic": self.stochastic}
@@ -76,7 +79,8 @@ def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 def cell_statistics(samples: Sequence[Sample], target_error: float) -> list[CellStatistics]:
-    """Per (row, steps, guidance), in first-seen order: medians and quartiles over the seeds that were measured."""
+    """Per (row, steps, guidance), in first-seen order: medians and quartiles over the seeds and prompts that were
+    measured (``seeds`` counts the samples: seeds x prompts)."""
     groups: dict[tuple[str, int, float], list[Sample]] = {}
     for sample in samples:
         groups.setdefault((sample.row, sample.steps, sample.guidance), []).append(sample)
@@ -89,7 +93,7 @@ def cell_statistics(samples: Sequence[Sample], target_error: float) -> list[Cell
         table.append(CellStatistics(
             row, steps, guidance, len(errors), round(stats.median(s.model_calls for s in members)),
             stats.median(s.seconds for s in members), median, q1, q3, any(s.stochastic for s in members),
-            target_error, errors))
+            target_error, errors, len({s.prompt for s in members})))
     return table
 
 
@@ -122,13 +126,18 @@ class Recommendation:
         c = self.cell
         kind = ", stochastic" if c.stochastic else ""
         return (f"{c.row} at {c.steps} steps (guidance {c.guidance:g}): {c.model_calls} model calls, median RMSE "
-                f"{c.median_error:.3g} (IQR {c.iqr:.2g}) over {c.seeds} seeds, {c.share_within(self.target_error):.0%} "
+                f"{c.median_error:.3g} (IQR {c.iqr:.2g}) over {_samples(c)}, {c.share_within(self.target_error):.0%} "
                 f"within {self.target_error:g}{kind}; the cheapest of {self.candidates} that reach it on {share} of "
                 "seeds")
 
     def to_json(self) -> dict[str, Any]:
         return {"cell": self.cell.to_json() if self.cell else None, "target_error": self.target_error,
                 "target_share": self.target_share, "qualifying_cells": self.candidates}
+
+
+def _samples(cell: CellStatistics) -> str:
+    """'8 seeds', or '16 samples of 2 prompts'."""
+    return f"{cell.seeds} seeds" if cell.prompts == 1 else f"{cell.seeds} samples of {cell.prompts} prompts"
 
 
 def recommend(cells: Sequence[CellStatistics], target_error: float,

@@ -174,3 +174,40 @@ def test_a_sweep_refuses_the_single_page_checks(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "error: --expect and --check-determinism check one page; run them without --seeds or a guidance sweep")
+
+
+# ---------------------------------------------------------------------------------------------- prompt axes
+
+
+def test_prompt_sr_replaces_the_first_value_by_each_in_prompt_and_negative(tmp_path: Path) -> None:
+    plan = build_plan(None, {"schedulers": "ddim", "steps": "4", "prompt": "a red star", "negative_prompt": "red",
+                             "prompt_sr": "red,blue,green"})
+    assert [(page.prompt, page.negative_prompt) for page in plan.pages()] == [
+        ("a red star", "red"), ("a blue star", "blue"), ("a green star", "green")]
+
+
+def test_prompts_cross_negative_prompts(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text("schedulers: [ddim]\nsteps: 4\nprompts: [a star, a circle]\nnegative_prompts: ['', blurry]\n")
+    assert [(page.prompt, page.negative_prompt) for page in build_plan(path).pages()] == [
+        ("a star", ""), ("a star", "blurry"), ("a circle", ""), ("a circle", "blurry")]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"prompt_sr": "purple,blue"}, "prompt_sr: 'purple' is not in the prompt or the negative prompt"),
+    ({"prompt_sr": "red"}, "prompt_sr needs the text to search for and at least one replacement, got 'red'"),
+    ({"prompt_sr": "red,blue", "prompts": ["a", "b"]}, "give prompts or prompt_sr, not both"),
+    ({"prompts": ["a", 3]}, "prompts must be a list of texts, got ['a', 3]"),
+])
+def test_bad_prompt_axes_are_refused(overrides, message) -> None:
+    with pytest.raises(PlanError) as error:
+        build_plan(None, {"schedulers": "ddim", "steps": "4", "prompt": "a red star", **overrides})
+    assert str(error.value) == message
+
+
+def test_statistics_pool_seeds_and_prompts() -> None:
+    samples = [Sample("euler", 10, seed, 7.5, 10, 0.1, 0.01 * (seed + 1), False, prompt)
+               for prompt in ("a star", "a circle") for seed in range(3)]
+    (cell,) = cell_statistics(samples, target_error=0.025)
+    assert (cell.seeds, cell.prompts, cell.share_reaching) == (6, 2, pytest.approx(4 / 6))
+    assert "over 6 samples of 2 prompts" in recommend([cell], 0.05).describe()

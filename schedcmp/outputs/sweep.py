@@ -22,12 +22,15 @@ PAGES = "pages"
 
 
 def page_name(page: Plan, sweep: Plan) -> str:
-    """The folder and grid name of one page: seed8, guidance7.5 or seed8-guidance7.5 (only the swept axes)."""
+    """The folder and grid name of one page, naming only the swept axes: seed8, guidance7.5, prompt2 (the prompt's
+    place in the sweep, from 1), or several of them joined by dashes."""
     parts = []
     if len(sweep.seeds) > 1:
         parts.append(f"seed{page.seed}")
     if len(sweep.guidances) > 1:
         parts.append(f"guidance{page.guidance:g}")
+    if len(sweep.prompt_variants) > 1:
+        parts.append(f"prompt{sweep.prompt_variants.index((page.prompt, page.negative_prompt)) + 1}")
     return "-".join(parts)
 
 
@@ -35,7 +38,7 @@ def samples_of(summary: Summary) -> list[Sample]:
     """The finished cells of one page, as the statistics read them."""
     plan = summary.plan
     return [Sample(summary.row_name(r), r.spec.steps, plan.seed, plan.guidance, r.model_calls, r.seconds,
-                   r.accuracy.latent_rmse if r.accuracy is not None else None, r.stochastic)
+                   r.accuracy.latent_rmse if r.accuracy is not None else None, r.stochastic, plan.prompt)
             for r in summary.results if r.status == "ok"]
 
 
@@ -44,7 +47,8 @@ def write_sweep(folder: Path, plan: Plan, pages: Sequence[tuple[str, Summary]], 
     """sweep.json, statistics.csv and the page grids at the top of the folder; the names written."""
     document: dict[str, Any] = {
         "plan": plan.to_json(),
-        "pages": [{"name": name, "seed": s.plan.seed, "guidance": s.plan.guidance, "folder": f"{PAGES}/{name}",
+        "pages": [{"name": name, "seed": s.plan.seed, "guidance": s.plan.guidance, "prompt": s.plan.prompt,
+                   "negative_prompt": s.plan.negative_prompt, "folder": f"{PAGES}/{name}",
                    "runs": len(s.results), "failed": len(s.failed()), "interrupted": s.report.interrupted}
                   for name, s in pages],
         "statistics": [c.to_json() for c in cells],
