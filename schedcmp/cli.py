@@ -146,6 +146,9 @@ def run(
     overwrite: Annotated[bool, typer.Option(
         help="Replace results already in the output folder (once the new ones exist).", rich_help_panel=OUTPUT)
     ] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Finish an interrupted sweep in --out: run only its missing pages (the plan must be the same).",
+        rich_help_panel=OUTPUT)] = False,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print results.json instead of the table.", rich_help_panel=OUTPUT)] = False,
     debug: Debug = False,
@@ -167,7 +170,7 @@ def run(
         from .plan import build_plan
 
         options = RunOptions(out, overwrite, allow_pickle, compile_model, cuda_graphs, expect, tolerance,
-                             check_determinism, json_output)
+                             check_determinism, json_output, resume)
         return run_comparison(build_plan(plan_file, overrides), options, signals)
 
     _finish(run_guarded(body, debug))

@@ -5,6 +5,7 @@ run ends) and are moved in at the end, so a failed start or a crash leaves the f
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 import warnings
@@ -25,7 +26,18 @@ from .errors import OutputFolderError, RunFailedError, SchedcmpError
 from .outputs.folder import OutputFolder
 from .outputs.record import IMAGES, results_text
 from .outputs.summary import Summary
-from .outputs.sweep import PAGES, SWEEP_NAME, page_name, samples_of, statistics_table, write_sweep
+from .outputs.sweep import (
+    PAGES,
+    SWEEP_NAME,
+    KeptPage,
+    failed_labels,
+    finished_pages,
+    page_name,
+    run_count,
+    samples_of,
+    statistics_table,
+    write_sweep,
+)
 from .outputs.tables import cost_table, expectation_table, timing_table
 from .outputs.writer import ResultWriter, Written
 from .plan import Plan
@@ -48,6 +60,7 @@ class RunOptions:
     tolerance: float = DEFAULT_TOLERANCE_DB
     check_determinism: bool = False
     json_output: bool = False
+    resume: bool = False
 
     def __post_init__(self) -> None:
         if not self.tolerance >= 0:  # NaN too
@@ -115,7 +128,10 @@ def _load(plan: Plan, options: RunOptions) -> tuple[DiffusionPipeline, torch.dev
 
 
 def _output_folder(options: RunOptions) -> OutputFolder:
-    folder = OutputFolder(options.out or Path("out") / time.strftime("run-%Y%m%d-%H%M%S"), options.overwrite)
+    if options.resume and options.out is None:
+        raise SchedcmpError("--resume needs --out, the folder of the sweep to finish")
+    folder = OutputFolder(options.out or Path("out") / time.strftime("run-%Y%m%d-%H%M%S"),
+                          options.overwrite or options.resume)
     folder.check()
     return folder
 
@@ -124,6 +140,9 @@ def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int
     """Load the model once, run every cell of the plan, write every output; returns the exit code."""
     if plan.is_sweep:
         return run_sweep(plan, options, signals)
+    if options.resume:
+        raise SchedcmpError("--resume finishes a sweep (--seeds, a guidance list, prompt axes); this plan has one "
+                            "page: run it again with --overwrite")
     folder = _output_folder(options)
     baseline = _read_baseline(options.expect, folder.target)
     notes: list[str] = []
@@ -165,13 +184,21 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
     notes: list[str] = []
     with shown_warnings(notes):
         pipeline, _device, plan = _load(plan, options)
+    kept = finished_pages(folder.target, plan) if options.resume else {}
     size = plan.size or pipeline.default_size
     staging = folder.open_staging()
-    pages: list[tuple[str, Summary]] = []
+    pages: list[tuple[str, Summary | KeptPage]] = []
     try:
         interrupted = False
+        if kept:
+            terminal.note("resume", f"{len(kept)} of {len(plan.pages())} pages are finished in {folder.target}; "
+                          "running the others")
         for number, page in enumerate(plan.pages(), start=1):
             name = page_name(page, plan)
+            if name in kept:
+                shutil.copytree(folder.target / PAGES / name, staging / PAGES / name)
+                pages.append((name, kept[name]))
+                continue
             page_folder = staging / PAGES / name
             (page_folder / IMAGES).mkdir(parents=True)
             page_notes: list[str] = []
@@ -184,7 +211,7 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
                 summary = Summary.build(page, report, pipeline.describe(), size)
                 writer.finish(summary)
             pages.append((name, summary))
-            if report.interrupted:
+            if report.interrupted or signals.exit_code() is not None:  # a stop that came while the page was written
                 interrupted = True
                 break
         with signals.deferred():
@@ -206,14 +233,14 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
     else:
         terminal.show(statistics_table(cells, plan.target_error))
         terminal.show(f"recommendation: {recommendation.describe()}")
-        terminal.show(f"{len(pages)} pages, {sum(len(s.results) for _n, s in pages)} runs; wrote "
+        terminal.show(f"{len(pages)} pages, {sum(run_count(s) for _n, s in pages)} runs; wrote "
                       f"{', '.join(str(folder.target / n) for n in names)} and {PAGES}/")
     if interrupted:
         terminal.note("interrupted", f"wrote the pages that finished to {folder.target}")
         return signals.exit_code() or 130
-    failed = [(name, r) for name, s in pages for r in s.failed()]
+    failed = [(name, label) for name, s in pages for label in failed_labels(s)]
     if failed:
-        listed = ", ".join(f"{name} run {r.index + 1} ({r.spec.label})" for name, r in failed[:5])
+        listed = ", ".join(f"{name} ({label})" for name, label in failed[:5])
         raise RunFailedError(f"{len(failed)} runs of the sweep failed: {listed}")
     return 0
 

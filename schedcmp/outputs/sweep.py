@@ -4,13 +4,16 @@ a grid per page at the top (grid-seed8.png, ...), and the statistics table for t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import SchedcmpError
 from ..plan import Plan
 from ..statistics import CellStatistics, Recommendation, Sample
 from .folder import write_atomically
@@ -34,23 +37,109 @@ def page_name(page: Plan, sweep: Plan) -> str:
     return "-".join(parts)
 
 
-def samples_of(summary: Summary) -> list[Sample]:
+# What a page's results depend on: its plan without the sweep's axes and how the runs were scheduled.
+_NOT_IDENTITY = ("source", "mode", "max_batch", "seeds", "guidances", "prompt_variants")
+
+
+def page_identity(page: Plan) -> dict[str, Any]:
+    """A page's plan as far as its images depend on it (a resumed sweep keeps a page only if this is unchanged)."""
+    return {k: v for k, v in page.to_json().items() if k not in _NOT_IDENTITY}
+
+
+@dataclass(frozen=True)
+class KeptPage:
+    """A finished page of an earlier, interrupted run of the same sweep, as its sweep.json recorded it."""
+
+    entry: dict[str, Any]
+
+    @property
+    def samples(self) -> list[Sample]:
+        return [Sample(**sample) for sample in self.entry["samples"]]
+
+
+def samples_of(page: Summary | KeptPage) -> list[Sample]:
     """The finished cells of one page, as the statistics read them."""
-    plan = summary.plan
-    return [Sample(summary.row_name(r), r.spec.steps, plan.seed, plan.guidance, r.model_calls, r.seconds,
+    if isinstance(page, KeptPage):
+        return page.samples
+    plan = page.plan
+    return [Sample(page.row_name(r), r.spec.steps, plan.seed, plan.guidance, r.model_calls, r.seconds,
                    r.accuracy.latent_rmse if r.accuracy is not None else None, r.stochastic, plan.prompt)
-            for r in summary.results if r.status == "ok"]
+            for r in page.results if r.status == "ok"]
 
 
-def write_sweep(folder: Path, plan: Plan, pages: Sequence[tuple[str, Summary]], cells: Sequence[CellStatistics],
+def failed_labels(page: Summary | KeptPage) -> list[str]:
+    """The labels of the page's failed runs."""
+    if isinstance(page, KeptPage):
+        return list(page.entry["failed"])
+    return [f"run {r.index + 1}: {r.spec.label}" for r in page.failed()]
+
+
+def run_count(page: Summary | KeptPage) -> int:
+    return page.entry["runs"] if isinstance(page, KeptPage) else len(page.results)
+
+
+def _entry(name: str, page: Summary | KeptPage) -> dict[str, Any]:
+    """The page's record in sweep.json: where it is, what it was, whether it finished, and its samples."""
+    if isinstance(page, KeptPage):
+        return page.entry
+    plan = page.plan
+    return {"name": name, "seed": plan.seed, "guidance": plan.guidance, "prompt": plan.prompt,
+            "negative_prompt": plan.negative_prompt, "folder": f"{PAGES}/{name}", "runs": len(page.results),
+            "failed": failed_labels(page), "complete": not page.report.interrupted,
+            "identity": page_identity(plan), "samples": [dataclasses.asdict(s) for s in samples_of(page)]}
+
+
+def _first_difference(where: str, before: Any, after: Any) -> tuple[str, Any, Any]:
+    """The innermost place two JSON values first differ: ('runs[0].steps', 300, 200)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                return _first_difference(f"{where}.{key}", before.get(key), after.get(key))
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        for index, (old, new) in enumerate(zip(before, after, strict=True)):
+            if old != new:
+                return _first_difference(f"{where}[{index}]", old, new)
+    return where, before, after
+
+
+def finished_pages(target: Path, plan: Plan) -> dict[str, KeptPage]:
+    """The pages of an interrupted sweep in ``target`` that a resumed run keeps: finished, with the same plan as
+    the new run's page of that name. A page whose plan changed is refused in one line, naming what changed."""
+    try:
+        previous = json.loads((target / SWEEP_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SchedcmpError(f"--resume: {target} holds no {SWEEP_NAME}, so there is no sweep to finish; run "
+                            "without --resume") from None
+    except (OSError, ValueError) as err:
+        raise SchedcmpError(f"--resume: cannot read {target / SWEEP_NAME}: {err}") from None
+    wanted = {page_name(page, plan): page for page in plan.pages()}
+    kept = {}
+    for entry in previous.get("pages", []):
+        page = wanted.get(entry.get("name"))
+        if page is None or not entry.get("complete"):
+            continue
+        now = page_identity(page)
+        changed = [key for key in sorted(set(now) | set(entry["identity"]))
+                   if now.get(key) != entry["identity"].get(key)]
+        if changed:
+            where, before, after = _first_difference(changed[0], entry["identity"].get(changed[0]),
+                                                     now.get(changed[0]))
+            raise SchedcmpError(f"--resume: the plan changed since {target} was written ({where}: {before!r} -> "
+                                f"{after!r}), so its finished pages would not match; run with --overwrite to start "
+                                "over")
+        if (target / PAGES / entry["name"]).is_dir():
+            kept[entry["name"]] = KeptPage(entry)
+    return kept
+
+
+def write_sweep(folder: Path, plan: Plan, pages: Sequence[tuple[str, Summary | KeptPage]],
+                cells: Sequence[CellStatistics],
                 front: Sequence[CellStatistics], recommendation: Recommendation) -> list[str]:
     """sweep.json, statistics.csv and the page grids at the top of the folder; the names written."""
     document: dict[str, Any] = {
         "plan": plan.to_json(),
-        "pages": [{"name": name, "seed": s.plan.seed, "guidance": s.plan.guidance, "prompt": s.plan.prompt,
-                   "negative_prompt": s.plan.negative_prompt, "folder": f"{PAGES}/{name}",
-                   "runs": len(s.results), "failed": len(s.failed()), "interrupted": s.report.interrupted}
-                  for name, s in pages],
+        "complete": len(pages) == len(plan.pages()) and all(_entry(n, p)["complete"] for n, p in pages),
+        "pages": [_entry(name, page) for name, page in pages],
         "statistics": [c.to_json() for c in cells],
         "pareto_front": [c.to_json() for c in front],
         "recommendation": recommendation.to_json() | {"text": recommendation.describe()},
