@@ -174,7 +174,7 @@ def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int
 
 
 def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
-    """A sweep over seeds and guidance: every page (one seed and scale) is the comparison it would be alone, in
+    """A sweep over seeds, guidance and prompts: every page (one of each) is the comparison it would be alone, in
     its own folder under pages/, written as it finishes; then the statistics over seeds, the Pareto front and the
     recommendation (sweep.json, statistics.csv, the terminal) and a grid per page at the top."""
     if options.expect is not None or options.check_determinism:
@@ -185,42 +185,18 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
     with shown_warnings(notes):
         pipeline, _device, plan = _load(plan, options)
     kept = finished_pages(folder.target, plan) if options.resume else {}
-    size = plan.size or pipeline.default_size
+    if kept:
+        terminal.note("resume", f"{len(kept)} of {len(plan.pages())} pages are finished in {folder.target}; "
+                      "running the others")
     staging = folder.open_staging()
-    pages: list[tuple[str, Summary | KeptPage]] = []
     try:
-        interrupted = False
-        if kept:
-            terminal.note("resume", f"{len(kept)} of {len(plan.pages())} pages are finished in {folder.target}; "
-                          "running the others")
-        for number, page in enumerate(plan.pages(), start=1):
-            name = page_name(page, plan)
-            if name in kept:
-                shutil.copytree(folder.target / PAGES / name, staging / PAGES / name)
-                pages.append((name, kept[name]))
-                continue
-            page_folder = staging / PAGES / name
-            (page_folder / IMAGES).mkdir(parents=True)
-            page_notes: list[str] = []
-            with shown_warnings(page_notes):
-                engine = Engine(pipeline, page)
-                writer = ResultWriter(page_folder, page, size, pipeline.provenance)
-                report = _sample(engine, page, writer, f"page {number}/{len(plan.pages())} ({name}): ")
-            with signals.deferred():
-                report.warnings.extend(notes + page_notes)
-                summary = Summary.build(page, report, pipeline.describe(), size)
-                writer.finish(summary)
-            pages.append((name, summary))
-            if report.interrupted or signals.exit_code() is not None:  # a stop that came while the page was written
-                interrupted = True
-                break
+        pages, interrupted = _run_pages(plan, pipeline, kept, folder.target, staging, notes, signals)
         with signals.deferred():
-            samples = [sample for _name, summary in pages for sample in samples_of(summary)]
+            samples = [sample for _name, page in pages for sample in samples_of(page)]
             cells = cell_statistics(samples, plan.target_error)
-            front = pareto_front(cells)
             recommendation = recommend(cells, plan.target_error)
             (staging / IMAGES).rmdir()  # a sweep's images are in its pages
-            names = write_sweep(staging, plan, pages, cells, front, recommendation)
+            names = write_sweep(staging, plan, pages, cells, pareto_front(cells), recommendation)
             folder.commit()
     except SchedcmpError:
         folder.discard()
@@ -233,25 +209,72 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
     else:
         terminal.show(statistics_table(cells, plan.target_error))
         terminal.show(f"recommendation: {recommendation.describe()}")
-        terminal.show(f"{len(pages)} pages, {sum(run_count(s) for _n, s in pages)} runs; wrote "
+        terminal.show(f"{len(pages)} pages, {sum(run_count(p) for _n, p in pages)} runs; wrote "
                       f"{', '.join(str(folder.target / n) for n in names)} and {PAGES}/")
     if interrupted:
         terminal.note("interrupted", f"wrote the pages that finished to {folder.target}")
         return signals.exit_code() or 130
-    failed = [(name, label) for name, s in pages for label in failed_labels(s)]
+    failed = [(name, label) for name, page in pages for label in failed_labels(page)]
     if failed:
         listed = ", ".join(f"{name} ({label})" for name, label in failed[:5])
         raise RunFailedError(f"{len(failed)} runs of the sweep failed: {listed}")
     return 0
 
 
-def _sample(engine: Engine, plan: Plan, writer: ResultWriter, prefix: str = "") -> EngineReport:
+def _run_pages(plan: Plan, pipeline: DiffusionPipeline, kept: dict[str, KeptPage], target: Path, staging: Path,
+               notes: list[str], signals: StopSignals) -> tuple[list[tuple[str, Summary | KeptPage]], bool]:
+    """Every page of the sweep into staging/pages/ (kept ones copied from the target), under one progress bar
+    with the time left over the whole sweep; stops after the page a stop signal reaches. Returns the pages and
+    whether it stopped early."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    size = plan.size or pipeline.default_size
+    todo = [page for page in plan.pages() if page_name(page, plan) not in kept]
+    pages: list[tuple[str, Summary | KeptPage]] = []
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=terminal.err(), transient=True) as progress:
+        overall = progress.add_task(f"sweep: {len(todo)} pages", total=None)
+        for page in plan.pages():
+            name = page_name(page, plan)
+            if name in kept:
+                shutil.copytree(target / PAGES / name, staging / PAGES / name)
+                pages.append((name, kept[name]))
+                continue
+            (staging / PAGES / name / IMAGES).mkdir(parents=True)
+            page_notes: list[str] = []
+            with shown_warnings(page_notes):
+                engine = Engine(pipeline, page)
+                writer = ResultWriter(staging / PAGES / name, page, size, pipeline.provenance)
+                if progress.tasks[overall].total is None:  # pages cost alike (DPM adaptive aside)
+                    progress.update(overall, total=engine.total_model_calls * len(todo))
+                task = progress.add_task(f"{name}: {len(page.runs)} runs", total=engine.total_model_calls)
+                report = engine.run(lambda n, task=task: (progress.advance(task, n), progress.advance(overall, n)),
+                                    writer.run_finished)
+                progress.remove_task(task)
+            with signals.deferred():
+                report.warnings.extend(notes + page_notes)
+                summary = Summary.build(page, report, pipeline.describe(), size)
+                writer.finish(summary)
+            pages.append((name, summary))
+            if report.interrupted or signals.exit_code() is not None:  # a stop that came while the page was written
+                return pages, True
+    return pages, False
+
+
+def _sample(engine: Engine, plan: Plan, writer: ResultWriter) -> EngineReport:
     """Every run, with a transient progress bar on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=terminal.err(), transient=True) as progress:
-        task = progress.add_task(f"{prefix}{len(plan.runs)} runs, {plan.mode}", total=engine.total_model_calls)
+        task = progress.add_task(f"{len(plan.runs)} runs, {plan.mode}", total=engine.total_model_calls)
         return engine.run(lambda n: progress.advance(task, n), writer.run_finished)
 
 
