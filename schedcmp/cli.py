@@ -85,6 +85,9 @@ def run(
     schedules: Annotated[str | None, typer.Option(
         help="Comma-separated schedule types, e.g. karras,simple,\"Align Your Steps\" (default: each sampler's "
              "own).", rich_help_panel=SAMPLING)] = None,
+    axis: Annotated[list[str] | None, typer.Option(
+        "--axis", help="A scheduler option as an axis, NAME=VALUES (eta=0,0.5,1 or eta=0-1 [3]); repeatable.",
+        rich_help_panel=SAMPLING)] = None,
     steps: Annotated[str | None, typer.Option(
         help="Comma-separated step counts, e.g. 20,30.", rich_help_panel=SAMPLING)] = None,
     seed: Annotated[int | None, typer.Option(
@@ -157,8 +160,7 @@ def run(
     overrides = {
         "prompt": prompt, "negative_prompt": negative_prompt, "schedulers": schedulers, "schedules": schedules,
         "steps": steps, "model": model, "seed": seed, "seeds": seeds, "prompt_sr": prompt_sr,
-        "guidance": _number_or_axis(guidance),
-        "size": size, "device": _value(device),
+        "option_axes": axis or None, "guidance": _number_or_axis(guidance), "size": size, "device": _value(device),
         "dtype": _value(dtype), "mode": None if batched is None else ("batched" if batched else "sequential"),
         "max_batch": max_batch, "generator_device": _value(generator_device), "clip_skip": clip_skip,
         "prediction_type": _value(prediction_type), "vae": vae,

@@ -44,6 +44,7 @@ PLAN_KEYS = (
     "vae",
     "schedulers",
     "schedules",
+    "option_axes",
     "steps",
     "runs",
     "reference",
@@ -809,6 +810,7 @@ def _runs(plan: _Located, raw: dict[str, Any], given: Mapping[str, Any]) -> tupl
         except ValueError as err:
             raise where_schedules.error(str(err), "schedules") from None
 
+    combos = _option_combinations(plan if "option_axes" not in given else _Located(None, raw, {}), raw)
     listed = raw.get("runs") if "schedulers" not in given else None
     if listed is not None:
         if not isinstance(listed, list) or not listed:
@@ -826,16 +828,22 @@ def _runs(plan: _Located, raw: dict[str, Any], given: Mapping[str, Any]) -> tupl
                 counts = [None]
             if counts is None:
                 raise plan.error("this run has no steps: give steps: N in the run or top-level steps:", "runs", index)
+            options = entry.get("options")
+            if combos != [{}] and options is not None and not isinstance(options, Mapping):
+                raise plan.error(f"options must be a mapping of option: value, got {options!r}", "runs", index)
             for schedule in ([entry["schedule"]] if "schedule" in entry else schedules):
-                for steps in counts:
-                    label = entry.get("label") or entry.get("scheduler")
-                    if schedule is not None and not entry.get("label"):
-                        label = f"{label} {schedule}"
-                    if len(counts) > 1:
-                        label = f"{label} {steps}"
-                    runs.append(_make_run(plan, entry.get("scheduler"), steps, label, entry.get("options"), "runs",
-                                          index, schedule=schedule, sigmas=entry.get("sigmas"),
-                                          timesteps=entry.get("timesteps")))
+                for combo in combos:
+                    for steps in counts:
+                        label = entry.get("label") or entry.get("scheduler")
+                        if schedule is not None and not entry.get("label"):
+                            label = f"{label} {schedule}"
+                        label += _combo_label(combo)
+                        if len(counts) > 1:
+                            label = f"{label} {steps}"
+                        merged = {**(options or {}), **combo} if combo else options
+                        runs.append(_make_run(plan, entry.get("scheduler"), steps, label, merged, "runs", index,
+                                              schedule=schedule, sigmas=entry.get("sigmas"),
+                                              timesteps=entry.get("timesteps")))
         return runs, "list"
 
     names_value = raw.get("schedulers")
@@ -847,9 +855,53 @@ def _runs(plan: _Located, raw: dict[str, Any], given: Mapping[str, Any]) -> tupl
     except ValueError as err:
         raise where.error(str(err), "schedulers") from None
     runs = [
-        _make_run(where, name, steps, None, None, "schedulers", schedule=schedule)
+        _make_run(where, name, steps, _row_label(name, schedule, combo), combo or None, "schedulers",
+                  schedule=schedule)
         for name in names
         for schedule in schedules
+        for combo in combos
         for steps in (steps_list or [20])
     ]
     return runs, "matrix"
+
+
+def _row_label(name: str, schedule: str | None, combo: Mapping[str, Any]) -> str | None:
+    """A matrix row's label: the sampler, its schedule and its option values (None: _make_run's default)."""
+    if not combo:
+        return None
+    return (name if schedule is None else f"{name} {schedule}") + _combo_label(combo)
+
+
+def _combo_label(combo: Mapping[str, Any]) -> str:
+    """' eta=0.5 s_noise=1' for one combination of option-axis values."""
+    return "".join(f" {key}={value:g}" if _is_number(value) else f" {key}={value}" for key, value in combo.items())
+
+
+def _option_combinations(plan: _Located, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the ``option_axes:`` values ({eta: 0-1 [3], solver_type: [midpoint, heun]}; a flag
+    --axis eta=0,0.5,1): the runs are multiplied by them. [{}] without option axes."""
+    axes = raw.get("option_axes")
+    if axes is None:
+        return [{}]
+    if isinstance(axes, (list, tuple)):  # --axis NAME=VALUES, repeated
+        parsed = {}
+        for item in axes:
+            name, equals, values = str(item).partition("=")
+            if not equals or not name.strip():
+                raise plan.error(f"--axis takes NAME=VALUES (e.g. eta=0,0.5,1), got {item!r}", "option_axes")
+            parsed[name.strip()] = values
+        axes = parsed
+    if not isinstance(axes, Mapping) or not axes:
+        raise plan.error(f"option_axes must map option names to values, got {axes!r}", "option_axes")
+    values_of = {}
+    for name, value in axes.items():
+        if isinstance(value, str):
+            try:
+                values_of[name] = parse_axis(value, f"option_axes {name}")
+            except ValueError:  # not numbers: a list of words (solver_type: midpoint,heun)
+                values_of[name] = [v.strip() for v in value.split(",") if v.strip()]
+        else:
+            values_of[name] = list(value) if isinstance(value, list) else [value]
+        if not values_of[name]:
+            raise plan.error(f"option_axes {name}: give at least one value", "option_axes", name)
+    return [dict(zip(values_of, combo, strict=True)) for combo in itertools.product(*values_of.values())]

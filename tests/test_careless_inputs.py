@@ -93,7 +93,7 @@ CASES = [
     ("a plan with an unknown key", _file("plan.yaml", "prompt: x\nschedulrs: [ddim]\n"), ["run", "plan.yaml"], 1,
      "error: plan.yaml:2: unknown plan key 'schedulrs'; did you mean 'schedulers'? allowed: model, prompt, "
      "negative_prompt, prompts, negative_prompts, prompt_sr, seed, seeds, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, "
-     "schedulers, schedules, steps, runs, reference, target_error"),
+     "schedulers, schedules, option_axes, steps, runs, reference, target_error"),
     ("a scheduler option of the wrong type",
      _file("plan.yaml", "runs:\n  - {scheduler: ddim, steps: 4, options: {num_train_timesteps: 'a lot'}}\n"),
      ["run", "plan.yaml"], 1,

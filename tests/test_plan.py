@@ -81,10 +81,10 @@ def test_schedulers_flag_replaces_the_files_runs(tmp_path: Path) -> None:
     [
         ("prompt: x\n  bad: [\n", "{path}:2: invalid YAML: mapping values are not allowed here"),
         ("- just\n- a list\n", "{path}:1: a plan must be a YAML mapping of keys (model, prompt, negative_prompt, prompts, negative_prompts, prompt_sr, seed, "
-         "seeds, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, schedulers, schedules, steps, runs, reference, target_error)"),
+         "seeds, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, schedulers, schedules, option_axes, steps, runs, reference, target_error)"),
         ("prompt: x\nsed: 3\nschedulers: [ddim]\n", "{path}:2: unknown plan key 'sed'; did you mean 'seed'? allowed: "
          "model, prompt, negative_prompt, prompts, negative_prompts, prompt_sr, seed, seeds, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, "
-         "schedulers, schedules, steps, runs, reference, target_error"),
+         "schedulers, schedules, option_axes, steps, runs, reference, target_error"),
         ("prompt: x\nruns:\n  - {scheduler: eulr, steps: 5}\n",
          "{path}:3: unknown scheduler 'eulr'; did you mean 'euler', 'euler_a', 'edm_euler'?"),
         ("prompt: x\nruns:\n  - {scheduler: ddim, steps: 0}\n", "{path}:3: steps must be at least 1, got 0"),

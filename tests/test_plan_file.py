@@ -61,13 +61,13 @@ def nested(levels: int, inner: str = "x") -> str:
         ("prompt: x\nruns: [{scheduler: ddim, scheduler: euler}]\n",
          "{path}:2: duplicate key 'scheduler' (first on line 2); YAML would keep only the last, so give each key once"),
         ("- a\n- b\n", "{path}:1: a plan must be a YAML mapping of keys (model, prompt, negative_prompt, prompts, negative_prompts, prompt_sr, seed, seeds, size, "
-         "guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, schedulers, schedules, steps, runs, reference, "
+         "guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, schedulers, schedules, option_axes, steps, runs, reference, "
          "target_error)"),
         ("just words\n", "{path}:1: a plan must be a YAML mapping of keys (model, prompt, negative_prompt, prompts, negative_prompts, prompt_sr, seed, seeds, size, "
-         "guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, schedulers, schedules, steps, runs, reference, "
+         "guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, schedulers, schedules, option_axes, steps, runs, reference, "
          "target_error)"),
         ("--- !!set {a, b}\n", "{path}:1: a plan must be a YAML mapping of keys (model, prompt, negative_prompt, prompts, negative_prompts, prompt_sr, seed, "
-         "seeds, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, schedulers, schedules, steps, runs, "
+         "seeds, size, guidance, device, dtype, mode, max_batch, generator_device, clip_skip, prediction_type, vae, schedulers, schedules, option_axes, steps, runs, "
          "reference, target_error)"),
         ("prompt: x\nruns: &r [*r]\n", "{path}:2: the alias *r is used inside the value it names (a recursive YAML "
          "alias); a plan cannot contain itself"),

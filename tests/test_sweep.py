@@ -211,3 +211,40 @@ def test_statistics_pool_seeds_and_prompts() -> None:
     (cell,) = cell_statistics(samples, target_error=0.025)
     assert (cell.seeds, cell.prompts, cell.share_reaching) == (6, 2, pytest.approx(4 / 6))
     assert "over 6 samples of 2 prompts" in recommend([cell], 0.05).describe()
+
+
+# ---------------------------------------------------------------------------------------------- option axes
+
+
+def test_an_option_axis_multiplies_the_rows() -> None:
+    plan = build_plan(None, {"schedulers": "Euler a,ddim", "steps": "4,8", "option_axes": ["eta=0,1"]})
+    assert [(r.label, r.steps, dict(r.config_options) or dict(r.step_options)) for r in plan.runs] == [
+        ("Euler a eta=0", 4, {"eta": 0.0}), ("Euler a eta=0", 8, {"eta": 0.0}),
+        ("Euler a eta=1", 4, {"eta": 1.0}), ("Euler a eta=1", 8, {"eta": 1.0}),
+        ("ddim eta=0", 4, {"eta": 0.0}), ("ddim eta=0", 8, {"eta": 0.0}),
+        ("ddim eta=1", 4, {"eta": 1.0}), ("ddim eta=1", 8, {"eta": 1.0}),
+    ]
+
+
+def test_option_axes_in_a_plan_cross_each_other_and_take_words(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text("steps: 5\noption_axes: {eta: '0-1 [3]', solver_type: 'midpoint,heun'}\n"
+                    "runs: [{scheduler: DPM++ 2M SDE, options: {s_noise: 0.5}}]\n")
+    runs = build_plan(path).runs
+    assert [r.label for r in runs] == [
+        "DPM++ 2M SDE eta=0 solver_type=midpoint", "DPM++ 2M SDE eta=0 solver_type=heun",
+        "DPM++ 2M SDE eta=0.5 solver_type=midpoint", "DPM++ 2M SDE eta=0.5 solver_type=heun",
+        "DPM++ 2M SDE eta=1 solver_type=midpoint", "DPM++ 2M SDE eta=1 solver_type=heun"]
+    assert dict(runs[3].config_options) == {"s_noise": 0.5, "eta": 0.5, "solver_type": "heun"}
+
+
+def test_an_option_axis_a_sampler_does_not_take_is_refused() -> None:
+    with pytest.raises(PlanError) as error:
+        build_plan(None, {"schedulers": "ddim", "steps": "4", "option_axes": ["s_churn=0,1"]})
+    assert str(error.value).startswith("DDIMScheduler has no option 's_churn'; ")
+
+
+def test_a_malformed_axis_flag_says_how_to_write_it() -> None:
+    with pytest.raises(PlanError) as error:
+        build_plan(None, {"schedulers": "ddim", "steps": "4", "option_axes": ["eta"]})
+    assert str(error.value) == "--axis takes NAME=VALUES (e.g. eta=0,0.5,1), got 'eta'"
