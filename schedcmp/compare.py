@@ -24,6 +24,7 @@ from .core.pipeline import DiffusionPipeline
 from .engine import Engine, EngineReport, cpu_threads
 from .errors import OutputFolderError, RunFailedError, SchedcmpError
 from .outputs.folder import OutputFolder
+from .outputs.grid import MAX_GRID_MEGAPIXELS, grid_megapixels, grid_shape
 from .outputs.record import IMAGES, results_text
 from .outputs.summary import Summary
 from .outputs.sweep import (
@@ -44,6 +45,7 @@ from .plan import Plan
 from .smoke import DEFAULT_TOLERANCE_DB, check_determinism, compare_with_expected, identical_results, read_expected
 from .statistics import cell_statistics, pareto_front, recommend
 
+SMALLEST_IMAGE = (64, 64)  # builtin:shapes' size, the smallest a model here draws by default
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -119,12 +121,24 @@ def _load(plan: Plan, options: RunOptions) -> tuple[DiffusionPipeline, torch.dev
     if options.cuda_graphs and device.type != "cuda":
         raise SchedcmpError(f"--cuda-graphs needs a CUDA device; this run is on {device.type} "
                             "(use --compile instead)")
+    _check_grid_size(plan, plan.size or SMALLEST_IMAGE)  # before loading; the model's own size is checked after
     pipeline = load_pipeline(plan.model, device, dtype, options.allow_pickle, plan.clip_skip, plan.prediction_type,
                              plan.vae)
     plan = plan.with_model_defaults(pipeline)
+    _check_grid_size(plan, plan.size or pipeline.default_size)
     if options.compile_model or options.cuda_graphs:
         pipeline.compile(mode="reduce-overhead" if options.cuda_graphs else None)
     return pipeline, device, plan
+
+
+def _check_grid_size(plan: Plan, size: tuple[int, int]) -> None:
+    """Refuse, before anything runs, a plan whose grid page would exceed MAX_GRID_MEGAPIXELS."""
+    rows, columns = grid_shape([r.row_label for r in plan.runs], [str(r.steps) for r in plan.runs], plan.layout)
+    megapixels = grid_megapixels(rows, columns, size)
+    if megapixels > MAX_GRID_MEGAPIXELS:
+        raise SchedcmpError(f"a grid page would be {megapixels:.0f} MP ({rows} rows x {columns} columns of "
+                            f"{size[0]}x{size[1]}), more than the {MAX_GRID_MEGAPIXELS} MP a page may be; split the "
+                            "plan (fewer samplers, schedules or step counts per page; seeds and prompts make pages)")
 
 
 def _output_folder(options: RunOptions) -> OutputFolder:

@@ -248,3 +248,17 @@ def test_a_malformed_axis_flag_says_how_to_write_it() -> None:
     with pytest.raises(PlanError) as error:
         build_plan(None, {"schedulers": "ddim", "steps": "4", "option_axes": ["eta"]})
     assert str(error.value) == "--axis takes NAME=VALUES (e.g. eta=0,0.5,1), got 'eta'"
+
+
+# --------------------------------------------------------------------------------------------- the size cap
+
+
+def test_a_page_over_200_megapixels_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "--schedulers", "Euler a", "--axis", "eta=0-1 [60]", "--steps",
+                                      ",".join(str(n) for n in range(1, 61)), "--size", "512x512",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: a grid page would be 944 MP (60 rows x 60 columns of 512x512), more than the 200 MP a page may be; "
+        "split the plan (fewer samplers, schedules or step counts per page; seeds and prompts make pages)")
+    assert not (tmp_path / "out").exists()

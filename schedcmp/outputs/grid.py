@@ -34,6 +34,23 @@ class GridCell:
     failed: bool = False
 
 
+MAX_GRID_MEGAPIXELS = 200  # a page's grid at most (A1111's img_max_size_mp default)
+
+
+def grid_shape(row_labels: list[str], columns: list[str], layout: str) -> tuple[int, int]:
+    """(rows, columns) of the grid of these cells' row and column labels."""
+    if layout == "matrix":
+        return len(dict.fromkeys(row_labels)), len(dict.fromkeys(columns))
+    return -(-len(row_labels) // LIST_COLUMNS), min(len(row_labels), LIST_COLUMNS)
+
+
+def grid_megapixels(rows: int, columns: int, size: tuple[int, int]) -> float:
+    """The pixels of a grid's cells, in millions: each cell the image at its size (at least MIN_CELL a side)."""
+    width, height = size
+    factor = max(1, -(-MIN_CELL // min(width, height)))
+    return rows * columns * width * height * factor * factor / 1e6
+
+
 def upscale(image: Image.Image, minimum: int = MIN_CELL) -> Image.Image:
     """Enlarge by a whole factor with nearest-neighbour sampling until the short side reaches ``minimum``."""
     factor = max(1, -(-minimum // min(image.size)))
