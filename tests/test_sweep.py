@@ -262,3 +262,34 @@ def test_a_page_over_200_megapixels_is_refused_before_anything_runs(tmp_path: Pa
         "error: a grid page would be 944 MP (60 rows x 60 columns of 512x512), more than the 200 MP a page may be; "
         "split the plan (fewer samplers, schedules or step counts per page; seeds and prompts make pages)")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_sweep_report_picks_pages_by_their_axes_without_the_network(sweep: Path) -> None:
+    import re
+
+    html = (sweep / "report.html").read_text()
+    assert '<select data-axis="seed"><option value="3">3</option><option value="4">4</option></select>' in html
+    assert '<select data-axis="guidance"><option value="2">2</option><option value="4">4</option></select>' in html
+    pages = json.loads(re.search(r'<script id="pages-data" type="application/json">(.*?)</script>', html)[1])
+    assert [page["axes"] for page in pages] == [{"seed": "3", "guidance": "2"}, {"seed": "4", "guidance": "2"},
+                                                {"seed": "3", "guidance": "4"}, {"seed": "4", "guidance": "4"}]
+    assert all((sweep / page["grid"]).exists() and (sweep / page["report"]).exists() for page in pages)
+    assert "http://" not in html and "https://" not in html
+
+
+def test_choosing_a_seed_and_a_scale_in_the_report_shows_that_pages_grid(sweep: Path, tmp_path: Path) -> None:
+    from browser import Page, headless_chromium
+
+    chromium = headless_chromium(tmp_path)
+    page = sweep / "choose.html"
+    choose = ("<script>for (const [axis, value] of [['seed', '4'], ['guidance', '2']]) {"
+              "const s = document.querySelector(`select[data-axis=${axis}]`); s.value = value;"
+              "s.dispatchEvent(new Event('change')); }</script></body>")
+    page.write_text((sweep / "report.html").read_text().replace("</body>", choose))
+    try:
+        shown = Page(chromium("--dump-dom", str(page)))
+    finally:
+        page.unlink()
+    (grid,) = [attrs for tag, attrs in shown.tags if tag == "img" and attrs.get("id") == "page-grid"]
+    (link,) = [attrs for tag, attrs in shown.tags if tag == "a" and attrs.get("id") == "page-report"]
+    assert (grid["src"], link["href"]) == ("grid-seed4-guidance2.png", "pages/seed4-guidance2/report.html")

@@ -21,7 +21,9 @@ from .summary import Summary
 
 SWEEP_NAME = "sweep.json"
 STATISTICS_NAME = "statistics.csv"
+REPORT_NAME = "report.html"
 PAGES = "pages"
+_AXES = (("seed", "seed"), ("guidance", "guidance"), ("prompt", "prompt"), ("negative_prompt", "negative prompt"))
 
 
 def page_name(page: Plan, sweep: Plan) -> str:
@@ -153,12 +155,59 @@ def write_sweep(folder: Path, plan: Plan, pages: Sequence[tuple[str, Summary | K
     table.writerows(c.to_json() for c in cells)
     write_atomically(folder / STATISTICS_NAME, lambda p: p.write_text(buffer.getvalue(), encoding="utf-8"))
     names = [SWEEP_NAME, STATISTICS_NAME]
+    report = render_sweep_report(document)
+    write_atomically(folder / REPORT_NAME, lambda p: p.write_text(report, encoding="utf-8"))
+    names.append(REPORT_NAME)
     for name, _summary in pages:
         grid = folder / PAGES / name / "grid.png"
         if grid.exists():
             write_atomically(folder / f"grid-{name}.png", lambda p, grid=grid: shutil.copyfile(grid, p))
             names.append(f"grid-{name}.png")
     return names
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def render_sweep_report(document: dict[str, Any]) -> str:
+    """report.html of a sweep: the recommendation, a selector per swept axis showing that page's grid (the page
+    folders' own files: nothing from the network), and the statistics with the Pareto front marked."""
+    import jinja2
+
+    from .html import TEMPLATES, elide
+
+    pages = document["pages"]
+    axes = []
+    for key, title in _AXES:
+        values = list(dict.fromkeys(_shown(page[key]) for page in pages))
+        if len(values) > 1:
+            axes.append({"key": key, "name": title, "choices": values})
+    page_data = [{"name": page["name"], "grid": f"grid-{page['name']}.png", "report": f"{page['folder']}/report.html",
+                  "axes": {axis["key"]: _shown(page[axis["key"]]) for axis in axes}} for page in pages]
+    front = {(c["scheduler"], c["steps"], c["guidance"]) for c in document["pareto_front"]}
+    headers = ["scheduler", "steps", "guidance", "seeds", "calls", "median RMSE", "IQR", "within target", "median s"]
+    rows = []
+    for c in document["statistics"]:
+        iqr = None if c["q1_error"] is None else c["q3_error"] - c["q1_error"]
+        share = c["share_reaching_target"]
+        values = [(c["scheduler"] + (" (stochastic)" if c["stochastic"] else ""), None),
+                  (c["steps"], c["steps"]), (_shown(c["guidance"]), c["guidance"]), (c["seeds"], c["seeds"]),
+                  (c["model_calls"], c["model_calls"]),
+                  ("-" if c["median_error"] is None else f"{c['median_error']:.3g}", c["median_error"]),
+                  ("-" if iqr is None else f"{iqr:.2g}", iqr), ("-" if share is None else f"{share:.0%}", share),
+                  (f"{c['median_seconds']:.3f}", c["median_seconds"])]
+        rows.append({"front": (c["scheduler"], c["steps"], c["guidance"]) in front,
+                     "cells": [{"text": text, "sort": sort} for text, sort in values]})
+    plan = document["plan"]
+    fields = [("model", plan["model"]), ("pages", str(len(pages))), ("target error", _shown(plan["target_error"])),
+              ("complete", "yes" if document["complete"] else "no: finish it with --resume")]
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return environment.get_template("sweep.html.j2").render(
+        title=f"schedcmp sweep · {elide(plan['prompt'], 80)}", prompt=plan["prompt"], fields=fields,
+        recommendation=document["recommendation"]["text"], axes=axes, pages=page_data,
+        pages_json=json.dumps(page_data).replace("<", "\\u003c"), headers=headers, rows=rows)
 
 
 def statistics_table(cells: Sequence[CellStatistics], target_error: float) -> Any:
