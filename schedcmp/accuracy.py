@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .core.pipeline import NearestImage
 from .metrics import latent_rmse, psnr, ssim
 
 
@@ -23,6 +24,9 @@ class Accuracy:
     stochastic: bool  # a stochastic sampler's distance to an ODE solution is a spread, not an error
     nearest_dataset_rmse: float | None = None
     nearest_caption: str | None = None
+    nearest_index: int | None = None  # which data-set image it landed nearest to
+    on_reference_image: bool | None = None  # the same data-set image as the reference's
+    adheres_to_prompt: bool | None = None  # that image shows what the prompt asks for
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -32,16 +36,24 @@ class Accuracy:
             "stochastic": self.stochastic,
             "nearest_dataset_rmse": self.nearest_dataset_rmse,
             "nearest_caption": self.nearest_caption,
+            "nearest_index": self.nearest_index,
+            "on_reference_image": self.on_reference_image,
+            "adheres_to_prompt": self.adheres_to_prompt,
         }
 
 
 def measure(latents: torch.Tensor, image: Image.Image, reference_latents: torch.Tensor,
-            reference_image: Image.Image, stochastic: bool,
-            nearest: tuple[float, str] | None = None) -> Accuracy:
-    """Latent RMSE, image PSNR and SSIM of one result against the reference from the same seed."""
-    nearest_rmse, caption = nearest if nearest is not None else (None, None)
+            reference_image: Image.Image, stochastic: bool, nearest: NearestImage | None = None,
+            reference_nearest: NearestImage | None = None, adheres: bool | None = None) -> Accuracy:
+    """Latent RMSE, image PSNR and SSIM of one result against the reference from the same seed, and where the model
+    knows its data set, the image it landed nearest to, whether that is the reference's and fits the prompt."""
+    if nearest is None:
+        return Accuracy(latent_rmse(latents, reference_latents), psnr(image, reference_image),
+                        ssim(image, reference_image), stochastic)
+    on_reference = None if reference_nearest is None else nearest.index == reference_nearest.index
     return Accuracy(latent_rmse(latents, reference_latents), psnr(image, reference_image),
-                    ssim(image, reference_image), stochastic, nearest_rmse, caption)
+                    ssim(image, reference_image), stochastic, nearest.rmse, nearest.caption, nearest.index,
+                    on_reference, adheres)
 
 
 @dataclass(frozen=True)

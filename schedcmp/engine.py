@@ -16,7 +16,7 @@ from PIL import Image
 from .accuracy import Accuracy, measure
 from .core.conditioning import Conditioning
 from .core.errors import ConfigError, NonFiniteError, SchedcmpError
-from .core.pipeline import DiffusionPipeline
+from .core.pipeline import DiffusionPipeline, NearestImage
 from .core.schedulers import EDMEulerScheduler, SchedulerMixin, resolve_schedule, schedule_overrides
 from .core.schedulers.base import randn_tensor
 from .core.schedulers.registry import TOOL_TITLES
@@ -67,7 +67,7 @@ class ReferenceResult:
     image: Image.Image | None = None
     seconds: float = 0.0
     error: str | None = None
-    nearest: tuple[float, str] | None = None
+    nearest: NearestImage | None = None
 
     @property
     def model_calls(self) -> int:
@@ -351,8 +351,10 @@ class Engine:
         """A run has ended: measure it against the reference (when it has an image and there is one), pass it on."""
         reference = self.reference
         if result.status == "ok" and reference is not None and reference.status == "ok":
+            nearest = self.pipeline.nearest_training_image(result.latents)
+            adheres = None if nearest is None else self.pipeline.matches_prompt(self.plan.prompt, nearest.index)
             result.accuracy = measure(result.latents, result.image, reference.latents, reference.image,
-                                      result.stochastic, self.pipeline.nearest_training_image(result.latents))
+                                      result.stochastic, nearest, reference.nearest, adheres)
         self._on_finished(result)
 
     def _run_all(self) -> None:

@@ -27,6 +27,9 @@ class Sample:
     error: float | None
     stochastic: bool
     prompt: str = ""
+    nearest_index: int | None = None  # the data-set image it landed nearest to (models that know their data)
+    reference_index: int | None = None  # the one its seed's reference landed nearest to
+    adheres: bool | None = None  # whether its nearest data-set image shows what the prompt asks for
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ class CellStatistics:
     target_error: float
     errors: tuple[float, ...]  # each measured sample's error, in sweep order
     prompts: int = 1  # how many prompts the samples span
+    share_on_reference: float | None = None  # samples on their reference's data-set image
+    prompt_adherence: float | None = None  # samples whose data-set image fits the prompt
+    modes: int | None = None  # distinct data-set images the samples reached
+    reference_modes: int | None = None  # distinct ones the references (the exact posterior's own draws) reached
 
     @property
     def iqr(self) -> float | None:
@@ -62,7 +69,8 @@ class CellStatistics:
 
     def to_json(self) -> dict[str, Any]:
         return {"scheduler": self.row, "steps": self.steps, "guidance": self.guidance, "seeds": self.seeds,
-                "prompts": self.prompts,
+                "prompts": self.prompts, "share_on_reference_image": self.share_on_reference,
+                "prompt_adherence": self.prompt_adherence, "modes": self.modes, "reference_modes": self.reference_modes,
                 "model_calls": self.model_calls, "median_seconds": self.median_seconds,
                 "median_error": self.median_error, "q1_error": self.q1_error, "q3_error": self.q3_error,
                 "share_reaching_target": self.share_reaching, "stochastic": self.stochastic}
@@ -93,8 +101,25 @@ def cell_statistics(samples: Sequence[Sample], target_error: float) -> list[Cell
         table.append(CellStatistics(
             row, steps, guidance, len(errors), round(stats.median(s.model_calls for s in members)),
             stats.median(s.seconds for s in members), median, q1, q3, any(s.stochastic for s in members),
-            target_error, errors, len({s.prompt for s in members})))
+            target_error, errors, len({s.prompt for s in members}), *_data_set_figures(members)))
     return table
+
+
+def _share(flags: list[bool | None]) -> float | None:
+    known = [flag for flag in flags if flag is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _data_set_figures(members: Sequence[Sample]) -> tuple[float | None, float | None, int | None, int | None]:
+    """On a model that knows its data set: the share of samples on their reference's image, the prompt adherence,
+    and the distinct images the samples and their references reached (mode coverage against the posterior's own)."""
+    pairs = [(s.nearest_index, s.reference_index) for s in members if s.nearest_index is not None]
+    if not pairs:
+        return None, None, None, None
+    on_reference = _share([None if ref is None else got == ref for got, ref in pairs])
+    references = {ref for _got, ref in pairs if ref is not None}
+    return (on_reference, _share([s.adheres for s in members]), len({got for got, _ref in pairs}),
+            len(references) if references else None)
 
 
 def pareto_front(cells: Sequence[CellStatistics]) -> list[CellStatistics]:

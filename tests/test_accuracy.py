@@ -71,9 +71,10 @@ def test_every_run_gets_rmse_psnr_ssim_and_the_nearest_data_set_image() -> None:
 def test_the_exact_reference_is_a_data_set_image() -> None:
     reference = run().reference
     assert reference.status == "ok"
-    nearest_rmse, caption = reference.nearest
-    assert nearest_rmse < 1e-6
-    assert "star" in caption
+    nearest = reference.nearest
+    assert nearest.rmse < 1e-6
+    assert "star" in nearest.caption
+    assert PIPELINE.dataset.items[nearest.index].caption == nearest.caption
 
 
 @pytest.mark.parametrize("scheduler", STOCHASTIC)

@@ -44,8 +44,8 @@ def test_the_record_holds_the_reference_and_every_runs_accuracy(sweep) -> None:
     assert reference["image"] == "reference.png" and (out / "reference.png").is_file()
     accuracies = [run["accuracy"] for run in record["runs"]]
     assert len(accuracies) == len(SCHEDULERS) * len(STEPS)
-    assert all(set(a) == {"latent_rmse", "psnr", "ssim", "stochastic", "nearest_dataset_rmse", "nearest_caption"}
-               for a in accuracies)
+    assert all(set(a) == {"latent_rmse", "psnr", "ssim", "stochastic", "nearest_dataset_rmse", "nearest_caption",
+                          "nearest_index", "on_reference_image", "adheres_to_prompt"} for a in accuracies)
     assert record["plot"] == "error_vs_calls.png"
     assert sorted(row["scheduler"] for row in record["cost_to_reach"]) == sorted(SCHEDULERS)
 

@@ -293,3 +293,36 @@ def test_choosing_a_seed_and_a_scale_in_the_report_shows_that_pages_grid(sweep: 
     (grid,) = [attrs for tag, attrs in shown.tags if tag == "img" and attrs.get("id") == "page-grid"]
     (link,) = [attrs for tag, attrs in shown.tags if tag == "a" and attrs.get("id") == "page-report"]
     assert (grid["src"], link["href"]) == ("grid-seed4-guidance2.png", "pages/seed4-guidance2/report.html")
+
+
+# ------------------------------------------------------------------------- figures only an exact model gives
+
+
+def test_data_set_figures_count_images_on_the_reference_fitting_the_prompt_and_distinct() -> None:
+    samples = [Sample("euler", 10, seed, 7.5, 10, 0.1, 0.01, False, "a star", nearest, reference, fits)
+               for seed, (nearest, reference, fits) in enumerate([(3, 3, True), (4, 5, True), (4, 6, False),
+                                                                   (7, 7, True)])]
+    (cell,) = cell_statistics(samples, target_error=0.05)
+    assert (cell.share_on_reference, cell.prompt_adherence, cell.modes, cell.reference_modes) == (0.5, 0.75, 3, 4)
+
+
+def test_without_a_known_data_set_there_are_no_data_set_figures() -> None:
+    (cell,) = cell_statistics([_sample("euler", 10, 0, 0.01)], target_error=0.05)
+    assert (cell.share_on_reference, cell.prompt_adherence, cell.modes, cell.reference_modes) == (None,) * 4
+
+
+def test_the_builtin_model_says_which_images_fit_a_prompt() -> None:
+    from schedcmp.core.builtin import ShapesPipeline
+
+    pipeline = ShapesPipeline()
+    items = pipeline.dataset.items
+    star = next(i for i, item in enumerate(items) if "star" in item.caption)
+    circle = next(i for i, item in enumerate(items) if "circle" in item.caption)
+    assert (pipeline.matches_prompt("a star", star), pipeline.matches_prompt("a star", circle)) == (True, False)
+    assert pipeline.matches_prompt("something else entirely", star) is None
+
+
+def test_a_sweep_on_the_builtin_model_reports_its_data_set_figures(sweep: Path) -> None:
+    cells = json.loads((sweep / "sweep.json").read_text())["statistics"]
+    assert all(c["modes"] is not None and c["reference_modes"] is not None for c in cells)
+    assert all(0 <= c["share_on_reference_image"] <= 1 for c in cells)

@@ -15,10 +15,11 @@ from .models.shapes import (
     ShapesDenoiser,
     ShapesTextEncoder,
     nearest_images,
+    parse_prompt,
     probability_flow_reference,
     shapes_dataset,
 )
-from .pipeline import DiffusionPipeline, OutputType, PipelineOutput, negative_list, prompt_list
+from .pipeline import DiffusionPipeline, NearestImage, OutputType, PipelineOutput, negative_list, prompt_list
 from .schedulers import PNDMScheduler
 
 
@@ -95,10 +96,15 @@ class ShapesPipeline(DiffusionPipeline):
                                               dataset=self.dataset)
         return solution.to(noise.dtype)
 
-    def nearest_training_image(self, latents: torch.Tensor) -> tuple[float, str]:
-        """RMSE to the closest of the drawn data-set images and its caption."""
+    def nearest_training_image(self, latents: torch.Tensor) -> NearestImage:
+        """RMSE to the closest of the drawn data-set images, its caption and its index."""
         rmse, index = nearest_images(latents[:1], self.dataset)
-        return float(rmse[0]), self.dataset.items[int(index[0])].caption
+        return NearestImage(float(rmse[0]), self.dataset.items[int(index[0])].caption, int(index[0]))
+
+    def matches_prompt(self, prompt: str, index: int) -> bool | None:
+        """Whether data-set image ``index`` has what the prompt names (None: the prompt names nothing it knows)."""
+        query = parse_prompt(prompt)
+        return query.matches(self.dataset.items[index]) if query.names_anything else None
 
     def __call__(
         self,

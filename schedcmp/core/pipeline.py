@@ -7,7 +7,7 @@ import platform
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import PIL
@@ -64,6 +64,14 @@ def device_and_dtype(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tor
         else:
             raise TypeError(f"to() takes a device and/or a dtype, got {arg!r}")
     return (torch.device(device) if device is not None else None), dtype
+
+
+class NearestImage(NamedTuple):
+    """The training image closest to a sample: the RMSE to it, its caption and its index in the data set."""
+
+    rmse: float
+    caption: str
+    index: int
 
 
 class DiffusionPipeline(ABC):
@@ -189,8 +197,13 @@ class DiffusionPipeline(ABC):
         """The converged probability-flow ODE solution from ``noise`` where the model has one (None: it has not)."""
         return None
 
-    def nearest_training_image(self, latents: torch.Tensor) -> tuple[float, str] | None:
-        """RMSE to the closest training image and its caption, where the training set is known (None: it is not)."""
+    def nearest_training_image(self, latents: torch.Tensor) -> NearestImage | None:
+        """RMSE to the closest training image, its caption and its index, where the training set is known (None: it
+        is not)."""
+        return None
+
+    def matches_prompt(self, prompt: str, index: int) -> bool | None:
+        """Whether training image ``index`` shows what ``prompt`` asks for (None: the model cannot tell)."""
         return None
 
     def describe(self) -> dict[str, Any]:

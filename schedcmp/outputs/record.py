@@ -120,7 +120,7 @@ def save_run_image(folder: Path, plan: Plan, result: RunResult, size: tuple[int,
 
 def reference_record(reference: ReferenceResult, image: str | None) -> dict[str, Any]:
     """What every run was measured against, how it went and what it cost."""
-    nearest_rmse, caption = reference.nearest or (None, None)
+    nearest_rmse, caption, index = reference.nearest or (None, None, None)
     return finite_json({
         **reference.spec.to_json(),
         "status": reference.status,
@@ -130,6 +130,7 @@ def reference_record(reference: ReferenceResult, image: str | None) -> dict[str,
         "image": image,
         "nearest_dataset_rmse": nearest_rmse,
         "nearest_caption": caption,
+        "nearest_index": index,
     })
 
 

@@ -63,10 +63,19 @@ def samples_of(page: Summary | KeptPage) -> list[Sample]:
     """The finished cells of one page, as the statistics read them."""
     if isinstance(page, KeptPage):
         return page.samples
-    plan = page.plan
-    return [Sample(page.row_name(r), r.spec.steps, plan.seed, plan.guidance, r.model_calls, r.seconds,
-                   r.accuracy.latent_rmse if r.accuracy is not None else None, r.stochastic, plan.prompt)
-            for r in page.results if r.status == "ok"]
+    plan, reference = page.plan, page.report.reference
+    reference_index = reference.nearest.index if reference is not None and reference.nearest else None
+    samples = []
+    for r in page.results:
+        if r.status != "ok":
+            continue
+        accuracy = r.accuracy
+        samples.append(Sample(
+            page.row_name(r), r.spec.steps, plan.seed, plan.guidance, r.model_calls, r.seconds,
+            accuracy.latent_rmse if accuracy is not None else None, r.stochastic, plan.prompt,
+            accuracy.nearest_index if accuracy is not None else None, reference_index,
+            accuracy.adheres_to_prompt if accuracy is not None else None))
+    return samples
 
 
 def failed_labels(page: Summary | KeptPage) -> list[str]:
@@ -210,6 +219,17 @@ def render_sweep_report(document: dict[str, Any]) -> str:
         pages_json=json.dumps(page_data).replace("<", "\\u003c"), headers=headers, rows=rows)
 
 
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share:.0%}"
+
+
+def _modes(cell: CellStatistics) -> str:
+    """'3 of 4': distinct data-set images the samples reached, of those their references reached."""
+    if cell.modes is None:
+        return "-"
+    return f"{cell.modes}" if cell.reference_modes is None else f"{cell.modes} of {cell.reference_modes}"
+
+
 def statistics_table(cells: Sequence[CellStatistics], target_error: float) -> Any:
     """The Rich table of the statistics: median error, IQR, share within the target, calls and time per cell."""
     from rich.markup import escape
@@ -217,7 +237,9 @@ def statistics_table(cells: Sequence[CellStatistics], target_error: float) -> An
 
     table = Table(title=f"Over seeds: latent RMSE to each seed's reference (target {target_error:g})",
                   title_justify="left")
-    for name in ("scheduler", "steps", "guidance", "seeds", "calls", "median RMSE", "IQR", "within target",
+    data_set = any(c.modes is not None for c in cells)
+    extra = ("on ref. image", "fits prompt", "modes") if data_set else ()
+    for name in ("scheduler", "steps", "guidance", "seeds", "calls", "median RMSE", "IQR", "within target", *extra,
                  "median s"):
         table.add_column(name, justify="left" if name == "scheduler" else "right")
     for c in cells:
@@ -225,6 +247,7 @@ def statistics_table(cells: Sequence[CellStatistics], target_error: float) -> An
         median = "-" if c.median_error is None else f"{c.median_error:.3g}"
         iqr = "-" if c.iqr is None else f"{c.iqr:.2g}"
         share = "-" if c.share_reaching is None else f"{c.share_reaching:.0%}"
+        figures = [_percent(c.share_on_reference), _percent(c.prompt_adherence), _modes(c)] if data_set else []
         table.add_row(label, str(c.steps), f"{c.guidance:g}", str(c.seeds), str(c.model_calls), median, iqr, share,
-                      f"{c.median_seconds:.3f}")
+                      *figures, f"{c.median_seconds:.3f}")
     return table
