@@ -274,3 +274,12 @@ def test_compatibles_name_the_same_classes_as_diffusers(cls: type) -> None:
 @pytest.mark.parametrize("cls", SCHEDULER_CLASSES, ids=lambda c: c.__name__)
 def test_every_class_is_importable_from_the_core(cls: type) -> None:
     assert getattr(core, cls.__name__) is cls
+
+
+def test_a_saved_sampler_config_resolves_by_its_class_name(tmp_path) -> None:
+    scheduler = core.make_scheduler("comfy:dpmpp_2m_sde_heun", config=BASE_CONFIGS["sd15"])
+    scheduler.save_config(tmp_path)
+    config = type(scheduler).load_config(tmp_path)
+    rebuilt = resolve_scheduler(config["_class_name"]).cls.from_config(config)
+    assert type(rebuilt).__name__ == "DPMPP2MSDESampler"
+    assert (rebuilt.config.solver_type, rebuilt.config.timestep_type) == ("heun", "discrete")

@@ -282,6 +282,13 @@ def _class_presets() -> tuple[SchedulerPreset, ...]:
                  for c in SCHEDULER_CLASSES)
 
 
+def _k_sampler_class_presets() -> tuple[SchedulerPreset, ...]:
+    """Our sampler classes by their class names (a saved config's ``_class_name``), with their own defaults."""
+    targets = dict.fromkeys(p.target for p in (*A1111_SAMPLERS, *COMFY_SAMPLERS))
+    return tuple(SchedulerPreset(t.partition(":")[2], t, {}, f"{t.partition(':')[2]} with its defaults")
+                 for t in targets)
+
+
 def _with_schedule(preset: SchedulerPreset, schedule: ScheduleType) -> SchedulerPreset:
     """A pre-1.9 A1111 label such as "DPM++ 2M Karras": the sampler with that schedule type."""
     return SchedulerPreset(f"{preset.name} {schedule.a1111}", preset.target, preset.options,
@@ -298,7 +305,7 @@ def _a1111_with_schedules() -> tuple[SchedulerPreset, ...]:
 _UNPREFIXED = ("schedcmp", "classes", "a1111", "a1111_scheduled", "comfy")
 _TABLES: dict[str, tuple[SchedulerPreset, ...]] = {
     "schedcmp": ALIASES,
-    "classes": _class_presets(),
+    "classes": (*_class_presets(), *_k_sampler_class_presets()),
     "a1111": A1111_SAMPLERS,
     "a1111_scheduled": _a1111_with_schedules(),
     "comfy": COMFY_SAMPLERS,
