@@ -326,3 +326,10 @@ def test_a_sweep_on_the_builtin_model_reports_its_data_set_figures(sweep: Path) 
     cells = json.loads((sweep / "sweep.json").read_text())["statistics"]
     assert all(c["modes"] is not None and c["reference_modes"] is not None for c in cells)
     assert all(0 <= c["share_on_reference_image"] <= 1 for c in cells)
+
+
+def test_the_overview_puts_every_page_in_a_column(sweep: Path) -> None:
+    overview = Image.open(sweep / "overview.png")
+    page = Image.open(sweep / "grid-seed3-guidance2.png")
+    assert overview.width > 3 * page.width // 2  # four page columns against a page's two step columns
+    assert overview.height > page.height  # a row per sampler and steps against a row per sampler

@@ -14,7 +14,7 @@ from ..errors import OutputExistsError, OutputFolderError
 
 # Everything a comparison writes into its folder; only these are ever replaced or removed there.
 RESULT_NAMES = ("grid.png", "timings.csv", "results.json", "images", "reference.png", "error_vs_calls.png",
-                "report.html", "sweep.json", "statistics.csv", "pages")
+                "report.html", "sweep.json", "statistics.csv", "pages", "overview.png")
 PAGE_GRIDS = "grid-*.png"  # a sweep's grid per page
 STAGING_PREFIX = ".schedcmp-incomplete-"  # + the target's name + a random tail: a run still writing (or killed)
 

@@ -22,6 +22,7 @@ from .summary import Summary
 SWEEP_NAME = "sweep.json"
 STATISTICS_NAME = "statistics.csv"
 REPORT_NAME = "report.html"
+OVERVIEW_NAME = "overview.png"
 PAGES = "pages"
 _AXES = (("seed", "seed"), ("guidance", "guidance"), ("prompt", "prompt"), ("negative_prompt", "negative prompt"))
 
@@ -164,6 +165,8 @@ def write_sweep(folder: Path, plan: Plan, pages: Sequence[tuple[str, Summary | K
     table.writerows(c.to_json() for c in cells)
     write_atomically(folder / STATISTICS_NAME, lambda p: p.write_text(buffer.getvalue(), encoding="utf-8"))
     names = [SWEEP_NAME, STATISTICS_NAME]
+    if write_overview(folder, plan, [name for name, _page in pages]):
+        names.append(OVERVIEW_NAME)
     report = render_sweep_report(document)
     write_atomically(folder / REPORT_NAME, lambda p: p.write_text(report, encoding="utf-8"))
     names.append(REPORT_NAME)
@@ -173,6 +176,45 @@ def write_sweep(folder: Path, plan: Plan, pages: Sequence[tuple[str, Summary | K
             write_atomically(folder / f"grid-{name}.png", lambda p, grid=grid: shutil.copyfile(grid, p))
             names.append(f"grid-{name}.png")
     return names
+
+
+def write_overview(folder: Path, plan: Plan, names: Sequence[str]) -> bool:
+    """overview.png: every cell of every page, a row per (sampler, schedule, steps) and a column per page, so what a
+    seed, a scale or a prompt changes reads across a row; skipped (False) when it would pass the grid size cap."""
+    from PIL import Image
+
+    from .grid import MAX_GRID_MEGAPIXELS, GridCell, grid_megapixels, save_grid
+
+    records = {}
+    for name in names:
+        results = folder / PAGES / name / "results.json"
+        if results.exists():
+            records[name] = json.loads(results.read_text(encoding="utf-8"))["runs"]
+    if not records:
+        return False
+    rows = {f"{run['label']} · {run['steps']} steps" for runs in records.values() for run in runs}
+    size = plan.size or (64, 64)
+    first = next(iter(records.values()))[0].get("image")
+    if first:
+        with Image.open(folder / PAGES / next(iter(records)) / first) as image:
+            size = image.size
+    if grid_megapixels(len(rows), len(records), size) > MAX_GRID_MEGAPIXELS:
+        return False
+    cells = []
+    for name, runs in records.items():
+        for run in runs:
+            image = None
+            if run.get("image") and run["status"] == "ok":
+                with Image.open(folder / PAGES / name / run["image"]) as opened:
+                    image = opened.convert("RGB")
+            accuracy = run.get("accuracy") or {}
+            lines = [name, f"RMSE {accuracy['latent_rmse']:.3g}" if accuracy.get("latent_rmse") is not None
+                     else run["status"]]
+            cells.append(GridCell(f"{run['label']} · {run['steps']} steps", name, image, lines, run["status"] != "ok"))
+    header = [plan.prompt if not plan.prompt_variants else f"{len(plan.prompt_variants)} prompts",
+              f"{len(records)} pages · rows: sampler, schedule and steps · columns: pages"]
+    write_atomically(folder / OVERVIEW_NAME, lambda p: save_grid(cells, header, "matrix", p))
+    return True
 
 
 def _shown(value: Any) -> str:
