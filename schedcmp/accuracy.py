@@ -28,6 +28,15 @@ class Accuracy:
     on_reference_image: bool | None = None  # the same data-set image as the reference's
     adheres_to_prompt: bool | None = None  # that image shows what the prompt asks for
 
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> Accuracy:
+        """The accuracy a run record holds (``to_json`` back: a PSNR of None is the identical images' infinity, and
+        a record spells non-finite numbers as text)."""
+        return cls(float(record["latent_rmse"]), math.inf if record["psnr"] is None else float(record["psnr"]),
+                   float(record["ssim"]), record["stochastic"], record.get("nearest_dataset_rmse"),
+                   record.get("nearest_caption"), record.get("nearest_index"), record.get("on_reference_image"),
+                   record.get("adheres_to_prompt"))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "latent_rmse": self.latent_rmse,

@@ -5,6 +5,7 @@ run ends) and are moved in at the end, so a failed start or a crash leaves the f
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import time
@@ -18,10 +19,11 @@ from typing import Any
 import torch
 
 from . import terminal
+from .accuracy import Accuracy
 from .boundary import StopSignals
 from .core.load import load_pipeline
 from .core.pipeline import DiffusionPipeline
-from .engine import Engine, EngineReport, cpu_threads
+from .engine import Engine, EngineReport, RunResult, cpu_threads
 from .errors import OutputFolderError, RunFailedError, SchedcmpError
 from .outputs.folder import OutputFolder
 from .outputs.grid import MAX_GRID_MEGAPIXELS, grid_megapixels, grid_shape
@@ -31,6 +33,7 @@ from .outputs.sweep import (
     PAGES,
     SWEEP_NAME,
     KeptPage,
+    PartialPage,
     failed_labels,
     finished_pages,
     page_name,
@@ -198,13 +201,15 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
     notes: list[str] = []
     with shown_warnings(notes):
         pipeline, _device, plan = _load(plan, options)
-    kept = finished_pages(folder.target, plan) if options.resume else {}
-    if kept:
-        terminal.note("resume", f"{len(kept)} of {len(plan.pages())} pages are finished in {folder.target}; "
+    kept, partial = finished_pages(folder.target, plan) if options.resume else ({}, {})
+    if kept or partial:
+        runs = sum(len(p.records) for p in partial.values())
+        more = f" and {runs} runs of unfinished ones" if partial else ""
+        terminal.note("resume", f"{len(kept)} of {len(plan.pages())} pages are finished in {folder.target}{more}; "
                       "running the others")
     staging = folder.open_staging()
     try:
-        pages, interrupted = _run_pages(plan, pipeline, kept, folder.target, staging, notes, signals)
+        pages, interrupted = _run_pages(plan, pipeline, kept, partial, folder.target, staging, notes, signals)
         with signals.deferred():
             samples = [sample for _name, page in pages for sample in samples_of(page)]
             cells = cell_statistics(samples, plan.target_error)
@@ -235,8 +240,9 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
     return 0
 
 
-def _run_pages(plan: Plan, pipeline: DiffusionPipeline, kept: dict[str, KeptPage], target: Path, staging: Path,
-               notes: list[str], signals: StopSignals) -> tuple[list[tuple[str, Summary | KeptPage]], bool]:
+def _run_pages(plan: Plan, pipeline: DiffusionPipeline, kept: dict[str, KeptPage], partial: dict[str, PartialPage],
+               target: Path, staging: Path, notes: list[str],
+               signals: StopSignals) -> tuple[list[tuple[str, Summary | KeptPage]], bool]:
     """Every page of the sweep into staging/pages/ (kept ones copied from the target), under one progress bar
     with the time left over the whole sweep; stops after the page a stop signal reaches. Returns the pages and
     whether it stopped early."""
@@ -262,17 +268,24 @@ def _run_pages(plan: Plan, pipeline: DiffusionPipeline, kept: dict[str, KeptPage
                 pages.append((name, kept[name]))
                 continue
             (staging / PAGES / name / IMAGES).mkdir(parents=True)
+            writer = ResultWriter(staging / PAGES / name, page, size, pipeline.provenance)
+            ended = _ended_runs(pipeline, page, partial.get(name), target / PAGES / name, writer)
             page_notes: list[str] = []
             with shown_warnings(page_notes):
-                engine = Engine(pipeline, page)
-                writer = ResultWriter(staging / PAGES / name, page, size, pipeline.provenance)
+                missing = [i for i in range(len(page.runs)) if i not in {r.index for r in ended}]
+                if not missing:  # every run ended but the page did not: the engine still needs one to run
+                    ended, missing = ended[:-1], [ended[-1].index]
+                engine = Engine(pipeline, dataclasses.replace(page, runs=tuple(page.runs[i] for i in missing)))
+                for result, index in zip(engine.results, missing, strict=True):
+                    result.index = index  # its place on the whole page: its image name, its "run N"
                 if progress.tasks[overall].total is None:  # pages cost alike (DPM adaptive aside)
                     progress.update(overall, total=engine.total_model_calls * len(todo))
-                task = progress.add_task(f"{name}: {len(page.runs)} runs", total=engine.total_model_calls)
+                task = progress.add_task(f"{name}: {len(missing)} runs", total=engine.total_model_calls)
                 report = engine.run(lambda n, task=task: (progress.advance(task, n), progress.advance(overall, n)),
                                     writer.run_finished)
                 progress.remove_task(task)
             with signals.deferred():
+                report.results = sorted([*ended, *report.results], key=lambda r: r.index)
                 report.warnings.extend(notes + page_notes)
                 summary = Summary.build(page, report, pipeline.describe(), size)
                 writer.finish(summary)
@@ -280,6 +293,31 @@ def _run_pages(plan: Plan, pipeline: DiffusionPipeline, kept: dict[str, KeptPage
             if report.interrupted or signals.exit_code() is not None:  # a stop that came while the page was written
                 return pages, True
     return pages, False
+
+
+def _ended_runs(pipeline: DiffusionPipeline, page: Plan, partial: PartialPage | None, old_folder: Path,
+                writer: ResultWriter) -> list[RunResult]:
+    """The runs an interrupted sweep finished on this page, back as results (their images copied into the new
+    page folder, their records given to its writer) so a resumed page runs only the others."""
+    if partial is None:
+        return []
+    from PIL import Image
+
+    results = []
+    for record in partial.records:
+        index = record["index"] - 1
+        spec = page.runs[index]
+        image = None
+        if record.get("image"):
+            shutil.copyfile(old_folder / record["image"], writer.folder / record["image"])
+            with Image.open(writer.folder / record["image"]) as opened:
+                image = opened.convert("RGB")
+        scheduler = spec.preset.build(pipeline.scheduler.config, **spec.config_options)
+        results.append(RunResult(index, spec, scheduler, record["status"], image, None, record["model_calls"],
+                                 record["seconds"], record["scheduler_seconds"], record["error"],
+                                 Accuracy.from_json(record["accuracy"]) if record.get("accuracy") else None))
+        writer.records[index] = record
+    return results
 
 
 def _sample(engine: Engine, plan: Plan, writer: ResultWriter) -> EngineReport:

@@ -1,5 +1,5 @@
-"""A long sweep survives: Ctrl-C keeps the pages that finished, --resume runs only the missing ones, and the
-result equals an uninterrupted sweep's; a resume that would mix plans is refused in one line."""
+"""A long sweep survives: Ctrl-C keeps the pages and runs that finished, --resume runs only the missing ones, and
+the result equals an uninterrupted sweep's; a resume that would mix plans is refused in one line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 from PIL import Image
 from test_interrupts import start, wait_for
 
-SWEEP = ("run", "--schedulers", "euler,dpm", "--steps", "300", "--seeds", "1-6", "--reference", "exact", "--out")
+SWEEP = ("run", "--schedulers", "euler,dpm,heun,unipc,Euler a,DPM++ 2M", "--steps", "300", "--seeds", "1-3",
+         "--reference", "exact", "--out")
 
 
 def _run(cwd: Path, *args: str) -> tuple[int, str, str]:
@@ -31,24 +32,29 @@ def _statistics(folder: Path) -> list[dict]:
 
 def test_ctrl_c_then_resume_equals_an_uninterrupted_sweep(tmp_path: Path) -> None:
     process = start(tmp_path, *SWEEP, "out")
-    wait_for(lambda: any(tmp_path.glob(".schedcmp-incomplete-out-*/pages/seed2/results.json")), process)
+    # Stop part way through the second page: its first runs are written, the rest are not.
+    wait_for(lambda: any(tmp_path.glob(".schedcmp-incomplete-out-*/pages/seed2/images/*heun*.png")), process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert stderr.splitlines()[-1] == "interrupted: wrote the pages that finished to out"
     record = json.loads((tmp_path / "out" / "sweep.json").read_text())
-    finished = [page["name"] for page in record["pages"] if page["complete"]]
-    assert not record["complete"] and finished[:2] == ["seed1", "seed2"] and len(finished) < 6
+    assert not record["complete"]
+    assert [(page["name"], page["complete"]) for page in record["pages"]][:2] == [("seed1", True), ("seed2", False)]
+    statuses = [run["status"] for run in json.loads((tmp_path / "out/pages/seed2/results.json").read_text())["runs"]]
+    assert statuses[:3] == ["ok", "ok", "ok"] and "not run" in statuses
+    ended = statuses.count("ok")
 
     code, _, stderr = _run(tmp_path, *SWEEP, "out", "--resume")
     assert code == 0, stderr
-    assert f"resume: {len(finished)} of 6 pages are finished in out; running the others" in " ".join(stderr.split())
+    assert (f"resume: 1 of 3 pages are finished in out and {ended} runs of unfinished ones; running the others"
+            in " ".join(stderr.split()))
     assert json.loads((tmp_path / "out" / "sweep.json").read_text())["complete"]
 
     code, _, stderr = _run(tmp_path, *SWEEP, "whole")
     assert code == 0, stderr
     resumed, whole = _images(tmp_path / "out"), _images(tmp_path / "whole")
-    assert resumed.keys() == whole.keys() and len(whole) == 12
+    assert resumed.keys() == whole.keys() and len(whole) == 18
     assert all(np.array_equal(resumed[name], whole[name]) for name in whole)
     assert _statistics(tmp_path / "out") == _statistics(tmp_path / "whole")
 

@@ -114,9 +114,18 @@ def _first_difference(where: str, before: Any, after: Any) -> tuple[str, Any, An
     return where, before, after
 
 
-def finished_pages(target: Path, plan: Plan) -> dict[str, KeptPage]:
-    """The pages of an interrupted sweep in ``target`` that a resumed run keeps: finished, with the same plan as
-    the new run's page of that name. A page whose plan changed is refused in one line, naming what changed."""
+@dataclass(frozen=True)
+class PartialPage:
+    """A page an interrupted sweep left unfinished: the records of its runs that ended (ok or failed)."""
+
+    name: str
+    records: list[dict[str, Any]]
+
+
+def finished_pages(target: Path, plan: Plan) -> tuple[dict[str, KeptPage], dict[str, PartialPage]]:
+    """What a resumed sweep keeps from the interrupted one in ``target``: its finished pages, and the runs that
+    ended on its unfinished ones, where the page's plan equals the new run's page of that name. A page whose plan
+    changed is refused in one line, naming what changed."""
     try:
         previous = json.loads((target / SWEEP_NAME).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -125,10 +134,10 @@ def finished_pages(target: Path, plan: Plan) -> dict[str, KeptPage]:
     except (OSError, ValueError) as err:
         raise SchedcmpError(f"--resume: cannot read {target / SWEEP_NAME}: {err}") from None
     wanted = {page_name(page, plan): page for page in plan.pages()}
-    kept = {}
+    kept, partial = {}, {}
     for entry in previous.get("pages", []):
         page = wanted.get(entry.get("name"))
-        if page is None or not entry.get("complete"):
+        if page is None:
             continue
         now = page_identity(page)
         changed = [key for key in sorted(set(now) | set(entry["identity"]))
@@ -139,9 +148,17 @@ def finished_pages(target: Path, plan: Plan) -> dict[str, KeptPage]:
             raise SchedcmpError(f"--resume: the plan changed since {target} was written ({where}: {before!r} -> "
                                 f"{after!r}), so its finished pages would not match; run with --overwrite to start "
                                 "over")
-        if (target / PAGES / entry["name"]).is_dir():
+        folder = target / PAGES / entry["name"]
+        if not folder.is_dir():
+            continue
+        if entry.get("complete"):
             kept[entry["name"]] = KeptPage(entry)
-    return kept
+        elif (folder / "results.json").exists():
+            runs = json.loads((folder / "results.json").read_text(encoding="utf-8"))["runs"]
+            ended = [run for run in runs if run["status"] in ("ok", "failed")]
+            if ended:
+                partial[entry["name"]] = PartialPage(entry["name"], ended)
+    return kept, partial
 
 
 def write_sweep(folder: Path, plan: Plan, pages: Sequence[tuple[str, Summary | KeptPage]],
