@@ -333,3 +333,21 @@ def test_the_overview_puts_every_page_in_a_column(sweep: Path) -> None:
     page = Image.open(sweep / "grid-seed3-guidance2.png")
     assert overview.width > 3 * page.width // 2  # four page columns against a page's two step columns
     assert overview.height > page.height  # a row per sampler and steps against a row per sampler
+
+
+def test_the_explorer_lays_the_cells_out_by_the_axis_one_picks(sweep: Path, tmp_path: Path) -> None:
+    from browser import Page, headless_chromium
+
+    chromium = headless_chromium(tmp_path)
+    page = sweep / "explore.html"
+    pick = ("<script>const c = document.getElementById('column-axis'); c.value = 'seed';"
+            "document.querySelector('select[data-filter=steps]').value = '6';"
+            "c.dispatchEvent(new Event('change'));</script></body>")
+    page.write_text((sweep / "report.html").read_text().replace("</body>", pick))
+    try:
+        shown = Page(chromium("--dump-dom", str(page)))
+    finally:
+        page.unlink()
+    images = [attrs["src"] for tag, attrs in shown.tags if tag == "img" and "cell" in (attrs.get("class") or "")]
+    assert images == ["pages/seed3-guidance2/images/002-ddim-6.png", "pages/seed4-guidance2/images/002-ddim-6.png",
+                      "pages/seed3-guidance2/images/004-euler-a-6.png", "pages/seed4-guidance2/images/004-euler-a-6.png"]

@@ -184,7 +184,7 @@ def write_sweep(folder: Path, plan: Plan, pages: Sequence[tuple[str, Summary | K
     names = [SWEEP_NAME, STATISTICS_NAME]
     if write_overview(folder, plan, [name for name, _page in pages]):
         names.append(OVERVIEW_NAME)
-    report = render_sweep_report(document)
+    report = render_sweep_report(folder, document)
     write_atomically(folder / REPORT_NAME, lambda p: p.write_text(report, encoding="utf-8"))
     names.append(REPORT_NAME)
     for name, _summary in pages:
@@ -238,9 +238,27 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def render_sweep_report(document: dict[str, Any]) -> str:
-    """report.html of a sweep: the recommendation, a selector per swept axis showing that page's grid (the page
-    folders' own files: nothing from the network), and the statistics with the Pareto front marked."""
+def _explore_cells(folder: Path, pages: list[dict[str, Any]], axes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every cell of the sweep for the report's explorer: its row, steps, page axes, image (a path in the sweep
+    folder) and RMSE, read from the pages' results.json."""
+    cells = []
+    for page in pages:
+        results = folder / page["folder"] / "results.json"
+        if not results.exists():
+            continue
+        for run in json.loads(results.read_text(encoding="utf-8"))["runs"]:
+            rmse = (run.get("accuracy") or {}).get("latent_rmse")
+            cells.append({"row": run["label"], "axes": {"steps": str(run["steps"]),
+                                                        **{a["key"]: _shown(page[a["key"]]) for a in axes}},
+                          "image": f"{page['folder']}/{run['image']}" if run.get("image") else None,
+                          "caption": run["status"] if rmse is None else f"RMSE {float(rmse):.3g}"})
+    return cells
+
+
+def render_sweep_report(folder: Path, document: dict[str, Any]) -> str:
+    """report.html of a sweep: the recommendation, the statistics with the Pareto front marked, a selector per
+    swept axis showing that page's grid, and an explorer laying every cell out with the axis of one's choice as
+    the columns and the others as filters (the sweep folder's own files: nothing from the network)."""
     import jinja2
 
     from .html import TEMPLATES, elide
@@ -251,6 +269,9 @@ def render_sweep_report(document: dict[str, Any]) -> str:
         values = list(dict.fromkeys(_shown(page[key]) for page in pages))
         if len(values) > 1:
             axes.append({"key": key, "name": title, "choices": values})
+    cells = _explore_cells(folder, pages, axes)
+    explore_axes = [{"key": "steps", "name": "steps",
+                     "choices": list(dict.fromkeys(c["axes"]["steps"] for c in cells))}, *axes]
     page_data = [{"name": page["name"], "grid": f"grid-{page['name']}.png", "report": f"{page['folder']}/report.html",
                   "axes": {axis["key"]: _shown(page[axis["key"]]) for axis in axes}} for page in pages]
     front = {(c["scheduler"], c["steps"], c["guidance"]) for c in document["pareto_front"]}
@@ -275,7 +296,13 @@ def render_sweep_report(document: dict[str, Any]) -> str:
     return environment.get_template("sweep.html.j2").render(
         title=f"schedcmp sweep · {elide(plan['prompt'], 80)}", prompt=plan["prompt"], fields=fields,
         recommendation=document["recommendation"]["text"], axes=axes, pages=page_data,
-        pages_json=json.dumps(page_data).replace("<", "\\u003c"), headers=headers, rows=rows)
+        pages_json=_script_json(page_data), headers=headers, rows=rows, explore_axes=explore_axes,
+        cells_json=_script_json(cells))
+
+
+def _script_json(value: Any) -> str:
+    """JSON for an inline <script> block: no '<', so no text in it can close the block."""
+    return json.dumps(value).replace("<", "\\u003c")
 
 
 def _percent(share: float | None) -> str:
