@@ -23,7 +23,7 @@ from .accuracy import Accuracy
 from .boundary import StopSignals
 from .core.load import load_pipeline
 from .core.pipeline import DiffusionPipeline
-from .engine import Engine, EngineReport, RunResult, cpu_threads
+from .engine import Engine, EngineReport, RunResult, cpu_threads, run_engines_batched
 from .errors import OutputFolderError, RunFailedError, SchedcmpError
 from .outputs.folder import OutputFolder
 from .outputs.grid import MAX_GRID_MEGAPIXELS, grid_megapixels, grid_shape
@@ -240,12 +240,25 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
     return 0
 
 
+@dataclass
+class _PageRun:
+    """One page to run: its plan and name, the engine over its missing runs, its writer and the runs kept."""
+
+    name: str
+    page: Plan
+    engine: Engine
+    writer: ResultWriter
+    ended: list[RunResult]
+    notes: list[str]
+
+
 def _run_pages(plan: Plan, pipeline: DiffusionPipeline, kept: dict[str, KeptPage], partial: dict[str, PartialPage],
                target: Path, staging: Path, notes: list[str],
                signals: StopSignals) -> tuple[list[tuple[str, Summary | KeptPage]], bool]:
     """Every page of the sweep into staging/pages/ (kept ones copied from the target), under one progress bar
-    with the time left over the whole sweep; stops after the page a stop signal reaches. Returns the pages and
-    whether it stopped early."""
+    with the time left over the whole sweep: one page after another, or in batched mode all pages' runs as lanes
+    of one continuous batch. A stop signal ends it after what is in progress. Returns the pages in the sweep's
+    order and whether it stopped early."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -255,44 +268,76 @@ def _run_pages(plan: Plan, pipeline: DiffusionPipeline, kept: dict[str, KeptPage
         TimeRemainingColumn,
     )
 
-    size = plan.size or pipeline.default_size
-    todo = [page for page in plan.pages() if page_name(page, plan) not in kept]
-    pages: list[tuple[str, Summary | KeptPage]] = []
+    done: dict[str, Summary | KeptPage] = {}
+    todo = []
+    for page in plan.pages():
+        name = page_name(page, plan)
+        if name in kept:
+            shutil.copytree(target / PAGES / name, staging / PAGES / name)
+            done[name] = kept[name]
+        else:
+            todo.append(_prepare_page(name, page, pipeline, partial.get(name), target, staging))
+    stopped = False
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=terminal.err(), transient=True) as progress:
-        overall = progress.add_task(f"sweep: {len(todo)} pages", total=None)
-        for page in plan.pages():
-            name = page_name(page, plan)
-            if name in kept:
-                shutil.copytree(target / PAGES / name, staging / PAGES / name)
-                pages.append((name, kept[name]))
-                continue
-            (staging / PAGES / name / IMAGES).mkdir(parents=True)
-            writer = ResultWriter(staging / PAGES / name, page, size, pipeline.provenance)
-            ended = _ended_runs(pipeline, page, partial.get(name), target / PAGES / name, writer)
-            page_notes: list[str] = []
-            with shown_warnings(page_notes):
-                missing = [i for i in range(len(page.runs)) if i not in {r.index for r in ended}]
-                if not missing:  # every run ended but the page did not: the engine still needs one to run
-                    ended, missing = ended[:-1], [ended[-1].index]
-                engine = Engine(pipeline, dataclasses.replace(page, runs=tuple(page.runs[i] for i in missing)))
-                for result, index in zip(engine.results, missing, strict=True):
-                    result.index = index  # its place on the whole page: its image name, its "run N"
-                if progress.tasks[overall].total is None:  # pages cost alike (DPM adaptive aside)
-                    progress.update(overall, total=engine.total_model_calls * len(todo))
-                task = progress.add_task(f"{name}: {len(missing)} runs", total=engine.total_model_calls)
-                report = engine.run(lambda n, task=task: (progress.advance(task, n), progress.advance(overall, n)),
-                                    writer.run_finished)
+        overall = progress.add_task(f"sweep: {len(todo)} pages",
+                                    total=sum(run.engine.total_model_calls for run in todo))
+        if plan.mode == "batched" and todo:
+            with shown_warnings(todo[0].notes):
+                reports = run_engines_batched([run.engine for run in todo], lambda n: progress.advance(overall, n),
+                                              lambda engine, result: _writer_of(todo, engine).run_finished(result),
+                                              plan.max_batch)
+            for run, report in zip(todo, reports, strict=True):
+                done[run.name] = _finish_page(run, report, pipeline, notes, signals)
+            stopped = any(report.interrupted for report in reports) or signals.exit_code() is not None
+        else:
+            for run in todo:
+                task = progress.add_task(f"{run.name}: {len(run.engine.results)} runs",
+                                         total=run.engine.total_model_calls)
+                with shown_warnings(run.notes):
+                    report = run.engine.run(
+                        lambda n, task=task: (progress.advance(task, n), progress.advance(overall, n)),
+                        run.writer.run_finished)
                 progress.remove_task(task)
-            with signals.deferred():
-                report.results = sorted([*ended, *report.results], key=lambda r: r.index)
-                report.warnings.extend(notes + page_notes)
-                summary = Summary.build(page, report, pipeline.describe(), size)
-                writer.finish(summary)
-            pages.append((name, summary))
-            if report.interrupted or signals.exit_code() is not None:  # a stop that came while the page was written
-                return pages, True
-    return pages, False
+                done[run.name] = _finish_page(run, report, pipeline, notes, signals)
+                if report.interrupted or signals.exit_code() is not None:  # a stop while the page was written
+                    stopped = True
+                    break
+    names = [page_name(page, plan) for page in plan.pages()]
+    return [(name, done[name]) for name in names if name in done], stopped
+
+
+def _writer_of(todo: list[_PageRun], engine: Engine) -> ResultWriter:
+    return next(run.writer for run in todo if run.engine is engine)
+
+
+def _prepare_page(name: str, page: Plan, pipeline: DiffusionPipeline, partial: PartialPage | None, target: Path,
+                  staging: Path) -> _PageRun:
+    """A page's folder, writer and engine over the runs it still needs (all, or those a stop left unfinished)."""
+    (staging / PAGES / name / IMAGES).mkdir(parents=True)
+    size = page.size or pipeline.default_size
+    writer = ResultWriter(staging / PAGES / name, page, size, pipeline.provenance)
+    ended = _ended_runs(pipeline, page, partial, target / PAGES / name, writer)
+    page_notes: list[str] = []
+    with shown_warnings(page_notes):
+        missing = [i for i in range(len(page.runs)) if i not in {r.index for r in ended}]
+        if not missing:  # every run ended but the page did not: the engine still needs one to run
+            ended, missing = ended[:-1], [ended[-1].index]
+        engine = Engine(pipeline, dataclasses.replace(page, runs=tuple(page.runs[i] for i in missing)))
+    for result, index in zip(engine.results, missing, strict=True):
+        result.index = index  # its place on the whole page: its image name, its "run N"
+    return _PageRun(name, page, engine, writer, ended, page_notes)
+
+
+def _finish_page(run: _PageRun, report: EngineReport, pipeline: DiffusionPipeline, notes: list[str],
+                 signals: StopSignals) -> Summary:
+    """The page's results, the kept runs among them, written as a whole comparison folder."""
+    with signals.deferred():
+        report.results = sorted([*run.ended, *report.results], key=lambda r: r.index)
+        report.warnings.extend(notes + run.notes)
+        summary = Summary.build(run.page, report, pipeline.describe(), run.page.size or pipeline.default_size)
+        run.writer.finish(summary)
+    return summary
 
 
 def _ended_runs(pipeline: DiffusionPipeline, page: Plan, partial: PartialPage | None, old_folder: Path,

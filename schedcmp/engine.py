@@ -129,6 +129,7 @@ class _Lane:
     timesteps: list[torch.Tensor]
     step_kwargs: dict[str, Any]
     first_bad: torch.Tensor  # device scalar: index of the first model call after which latents were not finite
+    engine: Engine
     position: int = 0
 
     @property
@@ -227,7 +228,7 @@ class Engine:
         if _takes_generator(scheduler):
             step_kwargs["generator"] = generator
         first_bad = torch.full((), _NEVER, dtype=torch.int64, device=latents.device)
-        return _Lane(result, generator, latents, list(scheduler.timesteps), step_kwargs, first_bad)
+        return _Lane(result, generator, latents, list(scheduler.timesteps), step_kwargs, first_bad, self)
 
     def _conditioning(self, lanes: int) -> Conditioning:
         """Conditioning for ``lanes`` lanes: [uncond, cond] per lane under guidance, else cond alone (built once)."""
@@ -291,13 +292,14 @@ class Engine:
             self._one_lane_call()
         synchronize(self.device)
 
-    def choose_max_batch(self) -> int:
+    def choose_max_batch(self, lanes: int | None = None) -> int:
         """Lanes per batched call when the plan says 'auto': one lane's measured activation peak against free
-        memory (CUDA allocator statistics on a GPU, live tensor bytes and MemAvailable on the CPU)."""
+        memory (CUDA allocator statistics on a GPU, live tensor bytes and MemAvailable on the CPU), at most
+        ``lanes`` (this plan's runs unless given)."""
         with torch.inference_mode():
             per_lane = peak_call_bytes(self._one_lane_call, self.device)
         free = free_memory_bytes(self.device)
-        lanes = lanes_that_fit(per_lane, free, len(self.results))
+        lanes = lanes_that_fit(per_lane, free, lanes or len(self.results))
         self.max_batch_reason = (f"auto: {per_lane / 2**20:.1f} MiB of activations per lane, "
                                  f"{free / 2**30:.1f} GiB free on {self.device.type}")
         return lanes
@@ -422,51 +424,99 @@ class Engine:
         lane.result.status, lane.result.error = "failed", describe_error(err)
 
     def _run_batched(self) -> None:
-        """Continuous batching: each tick calls the model once for all active lanes, then steps each lane."""
-        waiting = list(self.results)
-        max_batch = self.max_batch or len(waiting)
-        active: list[_Lane] = []
-        try:
-            while waiting or active:
-                while waiting and len(active) < max_batch:
-                    active.append(self._new_lane(waiting.pop(0)))
-                synchronize(self.device)
-                tick_start = time.perf_counter()
-                inputs = [self._model_inputs(lane) for lane in active]
-                latents = torch.cat([x for x, _ in inputs])  # [sum of lane batches, ...]
-                timesteps = torch.cat([t for _, t in inputs])  # [sum of lane batches]
+        """Continuous batching over this plan's runs (see ``run_batched``)."""
+        run_batched([self], self.max_batch)
+
+
+def run_engines_batched(engines: list[Engine], progress: ProgressCallback | None = None,
+                        finished: Callable[[Engine, RunResult], None] | None = None,
+                        max_batch: int | None = None) -> list[EngineReport]:
+    """Several plans on one pipeline in one continuous batch (a sweep's pages: other seeds, scales, prompts): each
+    engine's reference first, then every tick calls the model once for lanes of all of them, each lane with its
+    own conditioning, guidance and generator, so every image is the one its page gives alone. Ctrl-C stops all
+    and keeps what finished; one report per engine."""
+    first = engines[0]
+    advance = progress or (lambda _n: None)
+    for engine in engines:
+        engine._advance_progress = advance
+        engine._on_finished = (lambda result, engine=engine: finished(engine, result)) if finished else (
+            lambda _result: None)
+    start = time.perf_counter()
+    interrupted = False
+    try:
+        with cpu_threads(first.pipeline.cpu_threads, first.device):
+            first.warm_up()
+            limit = max_batch or first.choose_max_batch(sum(len(e.results) for e in engines))
+            for engine in engines:
+                engine.max_batch = limit
+            with torch.inference_mode():
+                for engine in engines:
+                    engine._run_reference()
+                run_batched(engines, limit)
+    except KeyboardInterrupt:
+        interrupted = True
+    wall = time.perf_counter() - start
+    return [EngineReport(e.results, "batched", wall, interrupted, max_batch=e.max_batch,
+                         max_batch_reason=e.max_batch_reason, reference=e.reference) for e in engines]
+
+
+def _lane_conditioning(active: list[_Lane]) -> Conditioning:
+    """The conditioning of a tick: one engine's cached batch, or each lane's own pair, concatenated in order."""
+    engines = {id(lane.engine) for lane in active}
+    if len(engines) == 1:
+        return active[0].engine._conditioning(len(active))
+    return Conditioning.concat([lane.engine._conditioning(1) for lane in active])  # [sum of lane batches, ...]
+
+
+def run_batched(engines: list[Engine], max_batch: int | None) -> None:
+    """Continuous batching: each tick calls the model once for all active lanes (of any of ``engines``, which share
+    one pipeline), then steps each lane with its own engine."""
+    waiting = [(engine, result) for engine in engines for result in engine.results]
+    max_batch = max_batch or len(waiting)
+    pipeline, device = engines[0].pipeline, engines[0].device
+    active: list[_Lane] = []
+    try:
+        while waiting or active:
+            while waiting and len(active) < max_batch:
+                engine, result = waiting.pop(0)
+                active.append(engine._new_lane(result))
+            synchronize(device)
+            tick_start = time.perf_counter()
+            inputs = [lane.engine._model_inputs(lane) for lane in active]
+            latents = torch.cat([x for x, _ in inputs])  # [sum of lane batches, ...]
+            timesteps = torch.cat([t for _, t in inputs])  # [sum of lane batches]
+            try:
+                outputs = pipeline.denoise(latents, timesteps, _lane_conditioning(active))
+            except Exception as err:  # a failed call fails the lanes in it, not the plan
+                for lane in active:
+                    Engine._fail(lane, err)
+                    lane.engine._report(lane.result)
+                active = []
+                continue
+            per_lane = outputs.split([x.shape[0] for x, _ in inputs])
+            for lane, output in zip(active, per_lane, strict=True):
                 try:
-                    outputs = self.pipeline.denoise(latents, timesteps, self._conditioning(len(active)))
-                except Exception as err:  # a failed call fails the lanes in it, not the plan
-                    for lane in active:
-                        self._fail(lane, err)
-                        self._report(lane.result)
-                    active = []
-                    continue
-                per_lane = outputs.split([x.shape[0] for x, _ in inputs])
-                for lane, output in zip(active, per_lane, strict=True):
-                    try:
-                        self._advance(lane, output)
-                    except Exception as err:  # one failing lane must not lose the others
-                        self._fail(lane, err)
-                stepped = [lane for lane in active if lane.result.status != "failed"]
-                finished = [lane for lane in stepped if lane.done]
-                if finished:
-                    self._finish(finished)
-                synchronize(self.device)
-                share = (time.perf_counter() - tick_start) / len(active)
-                for lane in active:
-                    lane.result.seconds += share
-                self._advance_progress(len(stepped))
-                for lane in active:
-                    if lane.done or lane.result.status == "failed":
-                        self._report(lane.result)
-                active = [lane for lane in stepped if not lane.done]
-        except KeyboardInterrupt:
+                    lane.engine._advance(lane, output)
+                except Exception as err:  # one failing lane must not lose the others
+                    Engine._fail(lane, err)
+            stepped = [lane for lane in active if lane.result.status != "failed"]
+            finished = [lane for lane in stepped if lane.done]
+            if finished:
+                engines[0]._finish(finished)  # decoding needs only the pipeline they share
+            synchronize(device)
+            share = (time.perf_counter() - tick_start) / len(active)
             for lane in active:
-                if lane.result.status not in ("ok", "failed"):
-                    lane.result.status, lane.result.error = "not run", "interrupted"
-            raise
+                lane.result.seconds += share
+            engines[0]._advance_progress(len(stepped))
+            for lane in active:
+                if lane.done or lane.result.status == "failed":
+                    lane.engine._report(lane.result)
+            active = [lane for lane in stepped if not lane.done]
+    except KeyboardInterrupt:
+        for lane in active:
+            if lane.result.status not in ("ok", "failed"):
+                lane.result.status, lane.result.error = "not run", "interrupted"
+        raise
 
 
 def describe_error(err: BaseException) -> str:

@@ -351,3 +351,24 @@ def test_the_explorer_lays_the_cells_out_by_the_axis_one_picks(sweep: Path, tmp_
     images = [attrs["src"] for tag, attrs in shown.tags if tag == "img" and "cell" in (attrs.get("class") or "")]
     assert images == ["pages/seed3-guidance2/images/002-ddim-6.png", "pages/seed4-guidance2/images/002-ddim-6.png",
                       "pages/seed3-guidance2/images/004-euler-a-6.png", "pages/seed4-guidance2/images/004-euler-a-6.png"]
+
+
+def test_a_batched_sweep_packs_all_pages_into_one_batch_with_the_same_images(sweep: Path, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from schedcmp.core.builtin import ShapesPipeline
+
+    calls = []
+    denoise = ShapesPipeline.denoise
+    monkeypatch.setattr(ShapesPipeline, "denoise", lambda self, *a, **k: calls.append(a[0].shape[0]) or denoise(
+        self, *a, **k))
+    out = tmp_path / "batched"
+    result = CliRunner().invoke(app, ["run", "--schedulers", "ddim,Euler a", "--steps", "3,6", "--seeds", "3,4",
+                                      "--guidance", "2,4", "--batched", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert max(calls) == 2 * 16  # one call held every lane of all four pages (CFG doubles each)
+    for image in sorted((sweep / "pages").glob("*/images/*.png")):
+        alone = np.asarray(Image.open(image), dtype=np.int16)
+        packed = np.asarray(Image.open(out / image.relative_to(sweep)), dtype=np.int16)
+        assert np.abs(alone - packed).max() <= 1, image.name
+    pages = json.loads((out / "sweep.json").read_text())["pages"]
+    assert all(page["complete"] for page in pages)

@@ -97,7 +97,7 @@ def _entry(name: str, page: Summary | KeptPage) -> dict[str, Any]:
     plan = page.plan
     return {"name": name, "seed": plan.seed, "guidance": plan.guidance, "prompt": plan.prompt,
             "negative_prompt": plan.negative_prompt, "folder": f"{PAGES}/{name}", "runs": len(page.results),
-            "failed": failed_labels(page), "complete": not page.report.interrupted,
+            "failed": failed_labels(page), "complete": all(r.status in ("ok", "failed") for r in page.results),
             "identity": page_identity(plan), "samples": [dataclasses.asdict(s) for s in samples_of(page)]}
 
 
