@@ -228,6 +228,10 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
     else:
         terminal.show(statistics_table(cells, plan.target_error))
         terminal.show(f"recommendation: {recommendation.describe()}")
+        front = pareto_front(cells)
+        if front:
+            terminal.show("Pareto front (model calls, median RMSE): " + ", ".join(
+                f"{c.row} {c.steps} steps ({c.model_calls}, {c.median_error:.3g})" for c in front))
         terminal.show(f"{len(pages)} pages, {sum(run_count(p) for _n, p in pages)} runs; wrote "
                       f"{', '.join(str(folder.target / n) for n in names)} and {PAGES}/")
     if interrupted:

@@ -372,3 +372,24 @@ def test_a_batched_sweep_packs_all_pages_into_one_batch_with_the_same_images(swe
         assert np.abs(alone - packed).max() <= 1, image.name
     pages = json.loads((out / "sweep.json").read_text())["pages"]
     assert all(page["complete"] for page in pages)
+
+
+def test_the_explorer_takes_both_axes(sweep: Path, tmp_path: Path) -> None:
+    from browser import Page, headless_chromium
+
+    chromium = headless_chromium(tmp_path)
+    page = sweep / "explore2.html"
+    pick = ("<script>document.getElementById('row-axis').value = 'guidance';"
+            "document.querySelector('select[data-filter=steps]').value = '3';"
+            "const c = document.getElementById('column-axis'); c.value = 'seed';"
+            "document.querySelector('select[data-filter=guidance]').value = '2';"
+            "c.dispatchEvent(new Event('change'));</script></body>")
+    page.write_text((sweep / "report.html").read_text().replace("</body>", pick))
+    try:
+        shown = Page(chromium("--dump-dom", str(page)))
+    finally:
+        page.unlink()
+    images = [attrs["src"] for tag, attrs in shown.tags if tag == "img" and "cell" in (attrs.get("class") or "")]
+    # sampler x schedule filters now (its first choice, ddim); rows are the two scales, columns the seeds
+    assert images == ["pages/seed3-guidance2/images/001-ddim-3.png", "pages/seed4-guidance2/images/001-ddim-3.png",
+                      "pages/seed3-guidance4/images/001-ddim-3.png", "pages/seed4-guidance4/images/001-ddim-3.png"]

@@ -297,6 +297,7 @@ def render_sweep_report(folder: Path, document: dict[str, Any]) -> str:
         title=f"schedcmp sweep · {elide(plan['prompt'], 80)}", prompt=plan["prompt"], fields=fields,
         recommendation=document["recommendation"]["text"], axes=axes, pages=page_data,
         pages_json=_script_json(page_data), headers=headers, rows=rows, explore_axes=explore_axes,
+        row_choices=list(dict.fromkeys(c["row"] for c in cells)),
         cells_json=_script_json(cells))
 
 
