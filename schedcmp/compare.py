@@ -36,10 +36,13 @@ from .outputs.sweep import (
     PartialPage,
     failed_labels,
     finished_pages,
+    leftover_stagings,
     page_name,
     run_count,
     samples_of,
     statistics_table,
+    write_page_entry,
+    write_page_identity,
     write_sweep,
 )
 from .outputs.tables import cost_table, expectation_table, timing_table
@@ -205,8 +208,7 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
     if kept or partial:
         runs = sum(len(p.records) for p in partial.values())
         more = f" and {runs} runs of unfinished ones" if partial else ""
-        terminal.note("resume", f"{len(kept)} of {len(plan.pages())} pages are finished in {folder.target}{more}; "
-                      "running the others")
+        terminal.note("resume", f"{len(kept)} of {len(plan.pages())} pages are finished{more}; running the others")
     staging = folder.open_staging()
     try:
         pages, interrupted = _run_pages(plan, pipeline, kept, partial, folder.target, staging, notes, signals)
@@ -216,7 +218,11 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
             recommendation = recommend(cells, plan.target_error)
             (staging / IMAGES).rmdir()  # a sweep's images are in its pages
             names = write_sweep(staging, plan, pages, cells, pareto_front(cells), recommendation)
+            leftovers = leftover_stagings(folder.target) if options.resume else []
             folder.commit()
+            for leftover in leftovers:  # what killed runs left, now in the sweep
+                if leftover != staging:
+                    shutil.rmtree(leftover, ignore_errors=True)
     except SchedcmpError:
         folder.discard()
         raise
@@ -277,10 +283,10 @@ def _run_pages(plan: Plan, pipeline: DiffusionPipeline, kept: dict[str, KeptPage
     for page in plan.pages():
         name = page_name(page, plan)
         if name in kept:
-            shutil.copytree(target / PAGES / name, staging / PAGES / name)
+            shutil.copytree(kept[name].source / PAGES / name, staging / PAGES / name)
             done[name] = kept[name]
         else:
-            todo.append(_prepare_page(name, page, pipeline, partial.get(name), target, staging))
+            todo.append(_prepare_page(name, page, pipeline, partial.get(name), staging))
     stopped = False
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=terminal.err(), transient=True) as progress:
@@ -315,13 +321,14 @@ def _writer_of(todo: list[_PageRun], engine: Engine) -> ResultWriter:
     return next(run.writer for run in todo if run.engine is engine)
 
 
-def _prepare_page(name: str, page: Plan, pipeline: DiffusionPipeline, partial: PartialPage | None, target: Path,
+def _prepare_page(name: str, page: Plan, pipeline: DiffusionPipeline, partial: PartialPage | None,
                   staging: Path) -> _PageRun:
     """A page's folder, writer and engine over the runs it still needs (all, or those a stop left unfinished)."""
     (staging / PAGES / name / IMAGES).mkdir(parents=True)
+    write_page_identity(staging / PAGES / name, page)
     size = page.size or pipeline.default_size
     writer = ResultWriter(staging / PAGES / name, page, size, pipeline.provenance)
-    ended = _ended_runs(pipeline, page, partial, target / PAGES / name, writer)
+    ended = _ended_runs(pipeline, page, partial, writer)
     page_notes: list[str] = []
     with shown_warnings(page_notes):
         missing = [i for i in range(len(page.runs)) if i not in {r.index for r in ended}]
@@ -341,10 +348,11 @@ def _finish_page(run: _PageRun, report: EngineReport, pipeline: DiffusionPipelin
         report.warnings.extend(notes + run.notes)
         summary = Summary.build(run.page, report, pipeline.describe(), run.page.size or pipeline.default_size)
         run.writer.finish(summary)
+        write_page_entry(run.writer.folder, run.name, summary)
     return summary
 
 
-def _ended_runs(pipeline: DiffusionPipeline, page: Plan, partial: PartialPage | None, old_folder: Path,
+def _ended_runs(pipeline: DiffusionPipeline, page: Plan, partial: PartialPage | None,
                 writer: ResultWriter) -> list[RunResult]:
     """The runs an interrupted sweep finished on this page, back as results (their images copied into the new
     page folder, their records given to its writer) so a resumed page runs only the others."""
@@ -352,6 +360,7 @@ def _ended_runs(pipeline: DiffusionPipeline, page: Plan, partial: PartialPage | 
         return []
     from PIL import Image
 
+    old_folder = partial.source / PAGES / partial.name
     results = []
     for record in partial.records:
         index = record["index"] - 1

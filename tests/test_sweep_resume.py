@@ -47,7 +47,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_sweep(tmp_path: Path) -> Non
 
     code, _, stderr = _run(tmp_path, *SWEEP, "out", "--resume")
     assert code == 0, stderr
-    assert (f"resume: 1 of 3 pages are finished in out and {ended} runs of unfinished ones; running the others"
+    assert (f"resume: 1 of 3 pages are finished and {ended} runs of unfinished ones; running the others"
             in " ".join(stderr.split()))
     assert json.loads((tmp_path / "out" / "sweep.json").read_text())["complete"]
 
@@ -59,12 +59,30 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_sweep(tmp_path: Path) -> Non
     assert _statistics(tmp_path / "out") == _statistics(tmp_path / "whole")
 
 
+def test_a_killed_sweep_resumes_from_what_it_left_on_disk(tmp_path: Path) -> None:
+    process = start(tmp_path, *SWEEP, "out")
+    wait_for(lambda: any(tmp_path.glob(".schedcmp-incomplete-out-*/pages/seed2/images/*heun*.png")), process)
+    process.kill()  # SIGKILL: no handler runs, nothing is committed to out
+    process.wait(timeout=60)
+    assert not (tmp_path / "out").exists()
+    code, _, stderr = _run(tmp_path, *SWEEP, "out", "--resume")
+    assert code == 0, stderr
+    assert "resume: 1 of 3 pages are finished and" in " ".join(stderr.split())
+    assert not list(tmp_path.glob(".schedcmp-incomplete-out-*"))  # the killed run's leftovers are in the sweep now
+    code, _, stderr = _run(tmp_path, *SWEEP, "whole")
+    assert code == 0, stderr
+    resumed, whole = _images(tmp_path / "out"), _images(tmp_path / "whole")
+    assert resumed.keys() == whole.keys()
+    assert all(np.array_equal(resumed[name], whole[name]) for name in whole)
+    assert _statistics(tmp_path / "out") == _statistics(tmp_path / "whole")
+
+
 def test_resume_keeps_finished_pages_of_a_grown_sweep(tmp_path: Path) -> None:
     small = ("run", "--schedulers", "euler", "--steps", "4", "--reference", "none", "--out", "out")
     assert _run(tmp_path, *small, "--seeds", "1,2")[0] == 0
     code, _, stderr = _run(tmp_path, *small, "--seeds", "1-4", "--resume")
     assert code == 0, stderr
-    assert "resume: 2 of 4 pages are finished in out; running the others" in " ".join(stderr.split())
+    assert "resume: 2 of 4 pages are finished; running the others" in " ".join(stderr.split())
 
 
 def test_resume_refuses_a_changed_plan(tmp_path: Path) -> None:

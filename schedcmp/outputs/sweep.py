@@ -51,9 +51,11 @@ def page_identity(page: Plan) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class KeptPage:
-    """A finished page of an earlier, interrupted run of the same sweep, as its sweep.json recorded it."""
+    """A finished page of an earlier, interrupted run of the same sweep, as it recorded it, and the folder holding
+    its page folder (the output folder, or the staging folder a killed run left)."""
 
     entry: dict[str, Any]
+    source: Path
 
     @property
     def samples(self) -> list[Sample]:
@@ -116,28 +118,72 @@ def _first_difference(where: str, before: Any, after: Any) -> tuple[str, Any, An
 
 @dataclass(frozen=True)
 class PartialPage:
-    """A page an interrupted sweep left unfinished: the records of its runs that ended (ok or failed)."""
+    """A page an interrupted sweep left unfinished: the records of its runs that ended (ok or failed), and the
+    folder holding its page folder."""
 
     name: str
     records: list[dict[str, Any]]
+    source: Path
+
+
+PAGE_NAME = "page.json"  # a finished page's entry, written into its folder as it finishes
+IDENTITY_NAME = "identity.json"  # a page's plan, written into its folder as it starts
+
+
+def write_page_identity(page_folder: Path, page: Plan) -> None:
+    """identity.json: what the page's images depend on, so a killed sweep's runs can be checked on resume."""
+    text = json.dumps(page_identity(page), ensure_ascii=False)
+    write_atomically(page_folder / IDENTITY_NAME, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_page_entry(page_folder: Path, name: str, summary: Summary) -> None:
+    """page.json: the finished page's entry of sweep.json, so a killed sweep keeps it on resume."""
+    text = json.dumps(_entry(name, summary), allow_nan=False, ensure_ascii=False)
+    write_atomically(page_folder / PAGE_NAME, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def _leftover_entries(target: Path) -> list[tuple[dict[str, Any], Path]]:
+    """Page entries a killed run of this sweep left in its staging folders beside ``target`` (newest first):
+    finished pages' page.json, and for unfinished ones their identity with their ended runs' lines."""
+    from .folder import STAGING_PREFIX
+    from .writer import RUN_LINES
+
+    found = []
+    leftovers = sorted(target.parent.glob(f"{STAGING_PREFIX}{target.name}-*"), key=lambda p: p.stat().st_mtime,
+                       reverse=True)
+    for staging in leftovers:
+        for folder in sorted((staging / PAGES).glob("*")):
+            if (folder / PAGE_NAME).exists():
+                found.append((json.loads((folder / PAGE_NAME).read_text(encoding="utf-8")), staging))
+            elif (folder / IDENTITY_NAME).exists() and (folder / RUN_LINES).exists():
+                lines = (folder / RUN_LINES).read_text(encoding="utf-8").splitlines()
+                records = [json.loads(line) for line in lines if line.strip().endswith("}")]
+                found.append(({"name": folder.name, "complete": False, "runs_ended": records,
+                               "identity": json.loads((folder / IDENTITY_NAME).read_text(encoding="utf-8"))},
+                              staging))
+    return found
+
+
+def leftover_stagings(target: Path) -> list[Path]:
+    """The staging folders killed runs of ``target`` left (a resumed sweep removes them once it is written)."""
+    from .folder import STAGING_PREFIX
+
+    return [p for p in target.parent.glob(f"{STAGING_PREFIX}{target.name}-*") if p.is_dir()]
 
 
 def finished_pages(target: Path, plan: Plan) -> tuple[dict[str, KeptPage], dict[str, PartialPage]]:
     """What a resumed sweep keeps from the interrupted one in ``target``: its finished pages, and the runs that
     ended on its unfinished ones, where the page's plan equals the new run's page of that name. A page whose plan
     changed is refused in one line, naming what changed."""
-    try:
-        previous = json.loads((target / SWEEP_NAME).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    entries = [(entry, target) for entry in _previous_pages(target)] + _leftover_entries(target)
+    if not entries:
         raise SchedcmpError(f"--resume: {target} holds no {SWEEP_NAME}, so there is no sweep to finish; run "
-                            "without --resume") from None
-    except (OSError, ValueError) as err:
-        raise SchedcmpError(f"--resume: cannot read {target / SWEEP_NAME}: {err}") from None
+                            "without --resume")
     wanted = {page_name(page, plan): page for page in plan.pages()}
     kept, partial = {}, {}
-    for entry in previous.get("pages", []):
+    for entry, source in entries:
         page = wanted.get(entry.get("name"))
-        if page is None:
+        if page is None or entry["name"] in kept:
             continue
         now = page_identity(page)
         changed = [key for key in sorted(set(now) | set(entry["identity"]))
@@ -148,17 +194,33 @@ def finished_pages(target: Path, plan: Plan) -> tuple[dict[str, KeptPage], dict[
             raise SchedcmpError(f"--resume: the plan changed since {target} was written ({where}: {before!r} -> "
                                 f"{after!r}), so its finished pages would not match; run with --overwrite to start "
                                 "over")
-        folder = target / PAGES / entry["name"]
+        folder = source / PAGES / entry["name"]
         if not folder.is_dir():
             continue
         if entry.get("complete"):
-            kept[entry["name"]] = KeptPage(entry)
+            kept[entry["name"]] = KeptPage(entry, source)
+            partial.pop(entry["name"], None)
+            continue
+        if "runs_ended" in entry:
+            ended = [run for run in entry["runs_ended"] if run["status"] in ("ok", "failed")]
         elif (folder / "results.json").exists():
             runs = json.loads((folder / "results.json").read_text(encoding="utf-8"))["runs"]
             ended = [run for run in runs if run["status"] in ("ok", "failed")]
-            if ended:
-                partial[entry["name"]] = PartialPage(entry["name"], ended)
+        else:
+            ended = []
+        if ended and len(ended) > len(partial.get(entry["name"], PartialPage("", [], source)).records):
+            partial[entry["name"]] = PartialPage(entry["name"], ended, source)
     return kept, partial
+
+
+def _previous_pages(target: Path) -> list[dict[str, Any]]:
+    """The page entries of the sweep.json in ``target`` (none when there is none)."""
+    try:
+        return json.loads((target / SWEEP_NAME).read_text(encoding="utf-8")).get("pages", [])
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:
+        raise SchedcmpError(f"--resume: cannot read {target / SWEEP_NAME}: {err}") from None
 
 
 def write_sweep(folder: Path, plan: Plan, pages: Sequence[tuple[str, Summary | KeptPage]],

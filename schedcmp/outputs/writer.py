@@ -3,6 +3,7 @@ the plot, timings.csv, results.json and report.html from the one Summary."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ class Written:
     images: int
 
 
+RUN_LINES = "runs.jsonl"  # one record per finished run, appended as it finishes
+
+
 class ResultWriter:
     """Keeps each finished run's record and image; writes the rest once the engine is done."""
 
@@ -36,11 +40,14 @@ class ResultWriter:
         self.records: dict[int, dict[str, Any]] = {}
 
     def run_finished(self, result: RunResult) -> None:
-        """Record the run and write its image now, so a killed comparison still leaves it on disk."""
+        """Record the run and write its image now, and its record as a line of runs.jsonl, so a killed comparison
+        still leaves both on disk (a resumed sweep reads them back)."""
         record = rec.run_record(result, self.plan.mode)
         if result.image is not None:
             rec.save_run_image(self.folder, self.plan, result, self.size, record, self.model_fields)
         self.records[result.index] = record
+        with (self.folder / RUN_LINES).open("a", encoding="utf-8") as lines:
+            lines.write(json.dumps(record, allow_nan=False, ensure_ascii=False) + "\n")
 
     def finish(self, summary: Summary) -> Written:
         """The grid, the reference image, the plot, the CSV, results.json and report.html."""
