@@ -127,7 +127,7 @@ def sync_free(device: str) -> dict[str, str]:
                 t = scheduler.timesteps[i]
                 model_input = scheduler.scale_model_input(sample, t)
                 output = torch.randn_like(model_input) * 0.1
-                extra = {"uncond_output": output} if getattr(scheduler, "needs_uncond", False) else {}
+                extra = {"uncond_output": output} if scheduler.needs_uncond else {}
                 sample = scheduler.step(output, t, sample, **kwargs, **extra).prev_sample
                 i += 1
             outcome[name] = "ok"

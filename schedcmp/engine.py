@@ -110,11 +110,6 @@ def cpu_threads(count: int | None, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _needs_uncond(scheduler: SchedulerMixin) -> bool:
-    """A CFG++ sampler: its step takes the unconditional prediction."""
-    return getattr(scheduler, "needs_uncond", False)
-
-
 def _takes_generator(scheduler: SchedulerMixin) -> bool:
     return "generator" in inspect.signature(scheduler.step).parameters
 
@@ -150,7 +145,7 @@ class Engine:
         self.results = [self._prepare(i, spec) for i, spec in enumerate(plan.runs)]
         # The unconditional pass runs under guidance (scale > 1, diffusers' rule) and whenever a CFG++ sampler,
         # which needs the unconditional prediction at any scale, is in the plan.
-        self.guided = plan.guidance > 1.0 or any(_needs_uncond(r.scheduler) for r in self.results)
+        self.guided = plan.guidance > 1.0 or any(r.scheduler.needs_uncond for r in self.results)
         self.cond, self.uncond = pipeline.encode_prompt(plan.prompt, plan.negative_prompt)
         self._conditioning_batches: dict[int, Conditioning] = {}
         self.single_lane_conditioning = self._conditioning(1)
@@ -243,9 +238,9 @@ class Engine:
         if not self.guided:
             return output
         uncond, cond = output.chunk(2)
-        if self.plan.guidance <= 1.0 and not _needs_uncond(scheduler):  # no guidance: the conditional prediction
+        if self.plan.guidance <= 1.0 and not scheduler.needs_uncond:  # no guidance: the conditional prediction
             return cond
-        scale = self.plan.guidance * getattr(scheduler, "guidance_scale_multiplier", 1.0)
+        scale = self.plan.guidance * scheduler.guidance_scale_multiplier
         return uncond + scale * (cond - uncond)
 
     def _model_inputs(self, lane: _Lane) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,13 +259,13 @@ class Engine:
         scheduler = lane.result.scheduler
         guided = self._guide(output, scheduler)
         extra = {}
-        if _needs_uncond(scheduler):
+        if scheduler.needs_uncond:
             extra["uncond_output"] = output.chunk(2)[0]
         start = time.perf_counter()
         step = scheduler.step(guided, t, lane.latents, **lane.step_kwargs, **extra)
         lane.result.scheduler_seconds += time.perf_counter() - start
         lane.latents = step.prev_sample
-        if getattr(scheduler, "dynamic_timesteps", False):
+        if scheduler.dynamic_timesteps:
             lane.timesteps = list(scheduler.timesteps)
         # Remember where the latents first stopped being finite, on the device: no host sync per step.
         went_bad = torch.where(torch.isfinite(lane.latents).all(), _NEVER, lane.position)

@@ -51,12 +51,12 @@ def _preset_row(preset: SchedulerPreset, config: dict) -> tuple[list[str], str |
         scheduler.set_timesteps(STEPS)
     except ConfigError as err:
         return [name, tool, preset.cls.__name__, "-", "-", schedule], f"refused by this model's config: {err}"
-    if getattr(scheduler, "dynamic_timesteps", False):
+    if scheduler.dynamic_timesteps:
         calls = "varies"
     else:
         calls = f"{len(scheduler.timesteps) / STEPS:g}"
     stochastic = "yes" if scheduler.is_stochastic else "no"
-    if getattr(scheduler, "brownian", False) and scheduler.is_stochastic:
+    if scheduler.brownian and scheduler.is_stochastic:
         stochastic = "yes (Brownian)"
     return [name, tool, preset.cls.__name__, calls, stochastic, schedule], narrowed_grid_note(scheduler)
 

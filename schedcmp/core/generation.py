@@ -92,6 +92,7 @@ def sample(
     if settings.set_begin_index:
         scheduler.set_begin_index(0)
     pipeline._num_timesteps, pipeline._interrupt = len(scheduler.timesteps), False
+    # pipeline.scheduler may be any object with diffusers' contract, ours or not: read our extras forgivingly
     needs_uncond = getattr(scheduler, "needs_uncond", False)
     with torch.no_grad():
         i = 0

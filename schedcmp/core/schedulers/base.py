@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -92,6 +92,11 @@ class SchedulerMixin(ConfigMixin):
 
     config_name = SCHEDULER_CONFIG_NAME
     order = 1
+    # What the engine asks of a scheduler beyond diffusers' contract (the k-samplers set them).
+    brownian: ClassVar[bool] = False  # its noise comes from one Brownian path, not independent draws
+    needs_uncond: ClassVar[bool] = False  # CFG++: ``step`` needs the unconditional prediction too
+    dynamic_timesteps: ClassVar[bool] = False  # the calls are decided while sampling (adaptive step size)
+    guidance_scale_multiplier: ClassVar[float] = 1.0  # the tool scales the CFG scale by this for this sampler
     _step_index: int | None = None
     _begin_index: int | None = None
 

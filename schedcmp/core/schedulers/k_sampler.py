@@ -142,11 +142,7 @@ class KSampler(SchedulerMixin):
 
     calls_per_step: ClassVar[int] = 1  # model calls per step (the listing's figure; 0: variable)
     stochastic: ClassVar[bool] = False  # draws fresh noise during sampling at its default options
-    brownian: ClassVar[bool] = False  # its noise comes from one Brownian path, not independent draws
-    needs_uncond: ClassVar[bool] = False  # CFG++: ``step`` needs the unconditional prediction too
-    dynamic_timesteps: ClassVar[bool] = False  # the calls are decided while sampling (adaptive step size)
     noise_options: ClassVar[tuple[str, ...]] = ()  # config keys that, at 0, turn the noise off
-    guidance_scale_multiplier: ClassVar[float] = 1.0  # the tool scales the CFG scale by this for this sampler
 
     def _setup(self) -> None:
         """Training schedule from the config; nothing to sample until ``set_timesteps``."""
