@@ -280,13 +280,14 @@ def _run_pages(plan: Plan, pipeline: DiffusionPipeline, kept: dict[str, KeptPage
 
     done: dict[str, Summary | KeptPage] = {}
     todo = []
+    encoded: dict = {}  # each of the sweep's prompts encoded once, for all its pages
     for page in plan.pages():
         name = page_name(page, plan)
         if name in kept:
             shutil.copytree(kept[name].source / PAGES / name, staging / PAGES / name)
             done[name] = kept[name]
         else:
-            todo.append(_prepare_page(name, page, pipeline, partial.get(name), staging))
+            todo.append(_prepare_page(name, page, pipeline, partial.get(name), staging, encoded))
     stopped = False
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=terminal.err(), transient=True) as progress:
@@ -322,7 +323,7 @@ def _writer_of(todo: list[_PageRun], engine: Engine) -> ResultWriter:
 
 
 def _prepare_page(name: str, page: Plan, pipeline: DiffusionPipeline, partial: PartialPage | None,
-                  staging: Path) -> _PageRun:
+                  staging: Path, encoded: dict) -> _PageRun:
     """A page's folder, writer and engine over the runs it still needs (all, or those a stop left unfinished)."""
     (staging / PAGES / name / IMAGES).mkdir(parents=True)
     write_page_identity(staging / PAGES / name, page)
@@ -334,7 +335,7 @@ def _prepare_page(name: str, page: Plan, pipeline: DiffusionPipeline, partial: P
         missing = [i for i in range(len(page.runs)) if i not in {r.index for r in ended}]
         if not missing:  # every run ended but the page did not: the engine still needs one to run
             ended, missing = ended[:-1], [ended[-1].index]
-        engine = Engine(pipeline, dataclasses.replace(page, runs=tuple(page.runs[i] for i in missing)))
+        engine = Engine(pipeline, dataclasses.replace(page, runs=tuple(page.runs[i] for i in missing)), encoded)
     for result, index in zip(engine.results, missing, strict=True):
         result.index = index  # its place on the whole page: its image name, its "run N"
     return _PageRun(name, page, engine, writer, ended, page_notes)

@@ -135,7 +135,10 @@ class _Lane:
 class Engine:
     """Runs every RunSpec of a plan against one pipeline, with the prompt encoded once for all of them."""
 
-    def __init__(self, pipeline: DiffusionPipeline, plan: Plan):
+    def __init__(self, pipeline: DiffusionPipeline, plan: Plan,
+                 encoded: dict[tuple[str, str], tuple[Conditioning, Conditioning]] | None = None):
+        """``encoded``: prompts already encoded by other engines on this pipeline (a sweep's pages), shared and
+        filled in, so each prompt is encoded once."""
         self.pipeline = pipeline
         plan = self.plan = plan.with_model_defaults(pipeline)
         self.device = pipeline.device
@@ -146,7 +149,11 @@ class Engine:
         # The unconditional pass runs under guidance (scale > 1, diffusers' rule) and whenever a CFG++ sampler,
         # which needs the unconditional prediction at any scale, is in the plan.
         self.guided = plan.guidance > 1.0 or any(r.scheduler.needs_uncond for r in self.results)
-        self.cond, self.uncond = pipeline.encode_prompt(plan.prompt, plan.negative_prompt)
+        encoded = {} if encoded is None else encoded
+        key = (plan.prompt, plan.negative_prompt)
+        if key not in encoded:
+            encoded[key] = pipeline.encode_prompt(*key)
+        self.cond, self.uncond = encoded[key]
         self._conditioning_batches: dict[int, Conditioning] = {}
         self.single_lane_conditioning = self._conditioning(1)
         self.max_batch = plan.max_batch

@@ -393,3 +393,16 @@ def test_the_explorer_takes_both_axes(sweep: Path, tmp_path: Path) -> None:
     # sampler x schedule filters now (its first choice, ddim); rows are the two scales, columns the seeds
     assert images == ["pages/seed3-guidance2/images/001-ddim-3.png", "pages/seed4-guidance2/images/001-ddim-3.png",
                       "pages/seed3-guidance4/images/001-ddim-3.png", "pages/seed4-guidance4/images/001-ddim-3.png"]
+
+
+def test_a_sweep_encodes_each_prompt_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from schedcmp.core.builtin import ShapesPipeline
+
+    prompts = []
+    encode = ShapesPipeline.encode_prompt
+    monkeypatch.setattr(ShapesPipeline, "encode_prompt", lambda self, *a, **k: prompts.append(a[0]) or encode(
+        self, *a, **k))
+    result = CliRunner().invoke(app, ["run", "--prompt", "a red star", "--prompt-sr", "red,blue", "--schedulers",
+                                      "dpm", "--steps", "3", "--seeds", "1-3", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert prompts == ["a red star", "a blue star"]  # 6 pages, 2 prompts
