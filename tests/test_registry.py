@@ -283,3 +283,10 @@ def test_a_saved_sampler_config_resolves_by_its_class_name(tmp_path) -> None:
     rebuilt = resolve_scheduler(config["_class_name"]).cls.from_config(config)
     assert type(rebuilt).__name__ == "DPMPP2MSDESampler"
     assert (rebuilt.config.solver_type, rebuilt.config.timestep_type) == ("heun", "discrete")
+
+
+@pytest.mark.parametrize("spelling", ["cfgpp_ud10_ab", "CFGPP-UD10-AB", "comfy:cfgpp_ud10_ab"])
+def test_the_comfy_sampler_we_lack_says_why_however_spelled(spelling: str) -> None:
+    with pytest.raises(core.UnknownSchedulerError) as error:
+        resolve_scheduler(spelling)
+    assert str(error.value).startswith("ComfyUI's cfgpp_ud10_ab is not available: ComfyUI PR #15951")

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..configuration import init_keys
 from ..errors import ConfigError, UnknownSchedulerError
 from .base import SchedulerMixin
 from .ddim import DDIMScheduler
@@ -338,10 +339,9 @@ def resolve_scheduler(name: str) -> SchedulerPreset:
     preset = _lookup(rest, tables) if tables else _lookup(name, _UNPREFIXED)
     if preset is not None:
         return preset
-    if tables is not None and normalize_name(rest) in {normalize_name(k) for k in COMFY_MISSING} and "comfy" in tables:
-        raise UnknownSchedulerError(f"ComfyUI's {rest.strip()} is not available: {COMFY_MISSING[rest.strip()]}")
-    if not colon and normalize_name(name) in {normalize_name(k) for k in COMFY_MISSING}:
-        raise UnknownSchedulerError(f"ComfyUI's {name.strip()} is not available: {COMFY_MISSING[name.strip()]}")
+    missing = {normalize_name(k): k for k in COMFY_MISSING}.get(normalize_name(rest if tables else name))
+    if missing is not None and (tables is None or "comfy" in tables):
+        raise UnknownSchedulerError(f"ComfyUI's {missing} is not available: {COMFY_MISSING[missing]}")
     candidates = known_scheduler_names() if tables is None else [
         f"{prefix.strip()}:{p.name}" for table in tables for p in _TABLES[table]]
     by_key: dict[str, str] = {}
@@ -422,16 +422,10 @@ def schedule_overrides(preset: SchedulerPreset, schedule: str | None) -> dict[st
         return {"schedule": schedule_id}
     overrides = _DIFFUSERS_SCHEDULES.get(schedule_id)
     label = SCHEDULE_BY_ID[schedule_id].a1111 or SCHEDULE_BY_ID[schedule_id].comfy
-    if overrides is None or not set(overrides) <= _init_keys(preset.cls):
+    if overrides is None or not set(overrides) <= init_keys(preset.cls):
         raise ConfigError(f"{preset.name} ({preset.cls.__name__}, diffusers semantics) has no {label} schedule; "
                           f"use an A1111 or ComfyUI sampler name for it (e.g. a1111:Euler, comfy:dpmpp_2m)")
     return dict(overrides)
-
-
-def _init_keys(cls: type) -> frozenset[str]:
-    from ..configuration import init_keys
-
-    return init_keys(cls)
 
 
 def make_scheduler(name: str, schedule: str | None = None, config: Mapping[str, Any] | None = None,
