@@ -184,6 +184,10 @@ class KSampler(SchedulerMixin):
 
     # --- the schedule ----------------------------------------------------------------------------------------
 
+    def schedule_sigmas(self) -> torch.Tensor:
+        """The noise levels [T'] ascending that the schedule types are computed on: the training sigmas."""
+        return self.train_sigmas
+
     def sigma_grid(self, num_inference_steps: int) -> torch.Tensor:
         """The configured schedule type's noise levels for ``num_inference_steps`` steps (then the discard)."""
         config = self.config
@@ -191,7 +195,7 @@ class KSampler(SchedulerMixin):
         grid = sigma_grid(
             config.schedule,
             num_inference_steps + extra,
-            self.train_sigmas,
+            self.schedule_sigmas(),
             rho=config.rho,
             alpha=config.schedule_alpha,
             beta=config.schedule_beta,

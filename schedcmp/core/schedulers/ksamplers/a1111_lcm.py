@@ -19,7 +19,7 @@ import torch
 from ...configuration import PositiveInt
 from ...errors import ConfigError
 from ..k_sampler import KSampler, Program, sampler_config
-from ..schedule_types import nearest_timestep, sigma_grid
+from ..schedule_types import nearest_timestep
 
 _SIGMA_DATA, _TIMESTEP_SCALING = 0.5, 10.0
 
@@ -52,24 +52,9 @@ class A1111LCMSampler(KSampler):
         index = nearest_timestep(torch.tensor(list(sigmas), dtype=torch.float32), log_sigmas)
         return [timesteps[i] for i in index.tolist()]
 
-    def sigma_grid(self, num_inference_steps: int) -> torch.Tensor:
-        """The configured schedule type on the original timesteps' sigmas (then the discard)."""
-        config = self.config
-        extra = 1 if config.discard_penultimate_sigma else 0
-        grid = sigma_grid(
-            config.schedule,
-            num_inference_steps + extra,
-            self.train_sigmas[self.original_timesteps()],
-            rho=config.rho,
-            alpha=config.schedule_alpha,
-            beta=config.schedule_beta,
-            ays_model=config.ays_model,
-            threshold_noise=config.threshold_noise,
-            linear_steps=config.linear_steps,
-        )
-        if extra:
-            grid = torch.cat([grid[:-2], grid[-1:]])
-        return grid
+    def schedule_sigmas(self) -> torch.Tensor:
+        """The schedule types run on the original timesteps' sigmas, as A1111's LCM denoiser holds them."""
+        return self.train_sigmas[self.original_timesteps()]
 
     def model_timesteps(self, sigmas: Sequence[float]) -> torch.Tensor:
         """The original timestep nearest each call's sigma, whatever ``timestep_type`` says (A1111's wrapper)."""
