@@ -209,6 +209,20 @@ class KSampler(SchedulerMixin):
             grid = torch.cat([grid[:-2], grid[-1:]])
         return grid
 
+    def custom_grid(self, sigmas: Sequence[float] | torch.Tensor | None,
+                    timesteps: Sequence[float] | torch.Tensor | None) -> torch.Tensor:
+        """The grid of custom ``sigmas``, or of training ``timesteps`` (their sigmas, then 0), checked."""
+        owner = type(self).__name__
+        if sigmas is not None and timesteps is not None:
+            raise ConfigError(f"{owner}.set_timesteps: give custom sigmas or custom timesteps, not both")
+        if timesteps is not None:
+            t = torch.as_tensor(timesteps, dtype=torch.float32).flatten()
+            last = len(self.train_sigmas) - 1
+            if not bool(((t >= 0) & (t <= last)).all()):
+                raise ConfigError(f"{owner}.set_timesteps: custom timesteps must lie in 0..{last}")
+            sigmas = torch.cat([t_to_sigma(t, self.log_sigmas), torch.zeros(1)])
+        return checked_custom_sigmas(sigmas, owner)
+
     def call_sigmas(self, sigmas: list[float]) -> list[float]:
         """The noise level of every model call, in order (one per step at the grid's sigmas by default)."""
         return sigmas[:-1]
@@ -238,20 +252,11 @@ class KSampler(SchedulerMixin):
     ) -> None:
         """Build the sigma grid (the schedule type, or custom ``sigmas`` / training ``timesteps`` with a final 0)
         and every model call's timestep and input scale; restarts the sampler."""
-        owner = type(self).__name__
-        if sigmas is not None and timesteps is not None:
-            raise ConfigError(f"{owner}.set_timesteps: give custom sigmas or custom timesteps, not both")
-        if timesteps is not None:
-            t = torch.as_tensor(timesteps, dtype=torch.float32).flatten()
-            last = len(self.train_sigmas) - 1
-            if not bool(((t >= 0) & (t <= last)).all()):
-                raise ConfigError(f"{owner}.set_timesteps: custom timesteps must lie in 0..{last}")
-            sigmas = torch.cat([t_to_sigma(t, self.log_sigmas), torch.zeros(1)])
-        if sigmas is not None:
-            grid = checked_custom_sigmas(sigmas, owner)
+        if sigmas is not None or timesteps is not None:
+            grid = self.custom_grid(sigmas, timesteps)
             self.requested_steps = len(grid) - 1
         else:
-            self.requested_steps = check_num_inference_steps(owner, num_inference_steps, None)
+            self.requested_steps = check_num_inference_steps(type(self).__name__, num_inference_steps, None)
             grid = self.sigma_grid(self.requested_steps)
         self.num_inference_steps = len(grid) - 1
         self.sigmas = grid

@@ -57,19 +57,15 @@ class A1111TimestepSampler(KSampler):
                               "call; ask for at least 2 steps")
         return self.train_sigmas[timesteps].flip(0)
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        sigmas: Sequence[float] | torch.Tensor | None = None,
-        timesteps: Sequence[float] | torch.Tensor | None = None,
-    ) -> None:
-        """A1111's grid for ``num_inference_steps``, or custom training ``sigmas`` / integer ``timesteps``."""
+    def custom_grid(self, sigmas: Sequence[float] | torch.Tensor | None,
+                    timesteps: Sequence[float] | torch.Tensor | None) -> torch.Tensor:
+        """Custom training ``sigmas`` or integer ``timesteps`` only: A1111's timestep samplers call the UNet at
+        training timesteps."""
         if timesteps is not None and sigmas is None:
-            sigmas, timesteps = self._sigmas_at(timesteps), None
-        elif sigmas is not None:
-            sigmas = self._on_training_grid(sigmas)
-        super().set_timesteps(num_inference_steps, device, sigmas=sigmas, timesteps=timesteps)
+            return super().custom_grid(self._sigmas_at(timesteps), None)
+        if sigmas is not None and timesteps is None:
+            return super().custom_grid(self._on_training_grid(sigmas), None)
+        return super().custom_grid(sigmas, timesteps)
 
     def _sigmas_at(self, timesteps: Sequence[float] | torch.Tensor) -> torch.Tensor:
         """The training sigmas of integer ``timesteps`` (each a model call), then 0."""

@@ -24,7 +24,6 @@ from ...configuration import Range
 from ...errors import ConfigError
 from ..base import cast, step_scalars
 from ..k_sampler import KSampler, Program, sampler_config
-from ..schedules import check_num_inference_steps
 from .comfy_unipc import unipc_orders, unipc_program, unipc_steps
 
 
@@ -94,24 +93,19 @@ class A1111UniPCSampler(KSampler):
         t, _ = self._schedule(len(sigmas))
         return (t[:-1] - 1.0 / len(self.alphas_cumprod)) * len(self.alphas_cumprod)
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        sigmas: Sequence[float] | torch.Tensor | None = None,
-        timesteps: Sequence[float] | torch.Tensor | None = None,
-    ) -> None:
-        """A1111's grid for ``num_inference_steps`` and every step's coefficients; custom sigmas or timesteps do
-        not apply (A1111's UniPC builds its own)."""
-        if sigmas is not None or timesteps is not None:
-            raise ConfigError(f"{type(self).__name__} builds A1111's own time grid: custom sigmas or timesteps do "
-                              "not apply")
+    def custom_grid(self, sigmas: Sequence[float] | torch.Tensor | None,
+                    timesteps: Sequence[float] | torch.Tensor | None) -> torch.Tensor:
+        """Refused: A1111's UniPC builds its own time grid."""
+        raise ConfigError(f"{type(self).__name__} builds A1111's own time grid: custom sigmas or timesteps do "
+                          "not apply")
+
+    def prepare_grid(self) -> None:
+        """Every step's UniPC coefficients on A1111's grid (and v's conversion at A1111's integer alphas)."""
         config, owner = self.config, type(self).__name__
-        n = self._steps_for(check_num_inference_steps(owner, num_inference_steps, None))
+        n = self.num_inference_steps
         if n < config.uni_pc_order:
             raise ConfigError(f"{owner}: uni_pc_order {config.uni_pc_order} needs at least as many steps; A1111 runs "
                               f"{n} here (its 'UniPC order must be < sampling steps')")
-        super().set_timesteps(num_inference_steps, device)
         _, log_alpha = self._schedule(n)
         noise_levels = np.sqrt(np.expm1(-2.0 * log_alpha)).tolist()
         orders = unipc_orders(n, config.uni_pc_order, config.uni_pc_lower_order_final)
