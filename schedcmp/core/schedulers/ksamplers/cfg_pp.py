@@ -31,6 +31,7 @@ import torch
 
 from ...configuration import Range
 from ..k_sampler import KSampler, Program, ancestral_split, sampler_config
+from .dpmpp_2s_ancestral import SingleStepAncestral
 
 NonNegativeFloat = Annotated[float, Range(ge=0)]
 
@@ -96,7 +97,7 @@ class EulerAncestralCFGPPSampler(_CFGPPSampler):
         return _euler_cfg_pp(self, x, self.config.eta, self.config.s_noise)
 
 
-class DPMPP2SAncestralCFGPPSampler(_CFGPPSampler):
+class DPMPP2SAncestralCFGPPSampler(_CFGPPSampler, SingleStepAncestral):
     """ComfyUI ``dpmpp_2s_ancestral_cfg_pp``: DPM-Solver++(2S) towards sigma_down with the renoising done by eps_u.
 
     With sigma_mid = sqrt(sigma sigma_down) (the half step in log sigma): x_mid = D + sigma_mid eps_u, a second
@@ -112,19 +113,6 @@ class DPMPP2SAncestralCFGPPSampler(_CFGPPSampler):
     @sampler_config
     def __init__(self, eta: NonNegativeFloat = 1.0, s_noise: NonNegativeFloat = 1.0):
         """DPM++ 2S ancestral CFG++ (ComfyUI dpmpp_2s_ancestral_cfg_pp; its defaults)."""
-
-    def _steps(self, sigmas: list[float]) -> list[tuple[float, float, float, float]]:
-        """(sigma, sigma_next, sigma_down, sigma_up) of every step."""
-        eta = self.config.eta
-        return [(s, n, *ancestral_split(s, n, eta)) for s, n in pairwise(sigmas)]
-
-    def call_sigmas(self, sigmas: list[float]) -> list[float]:
-        calls = []
-        for sigma, _, sigma_down, _ in self._steps(sigmas):
-            calls.append(sigma)
-            if sigma_down > 0:
-                calls.append(math.sqrt(sigma * sigma_down))
-        return calls
 
     def program(self, x: torch.Tensor) -> Program:
         s_noise = self.config.s_noise

@@ -11,11 +11,29 @@ from itertools import pairwise
 
 import torch
 
-from ..k_sampler import Program, ancestral_split, sampler_config
+from ..k_sampler import KSampler, Program, ancestral_split, sampler_config
 from .euler_ancestral import AncestralKSampler, NoiseSource, NonNegativeFloat
 
 
-class DPMPP2SAncestralSampler(AncestralKSampler):
+class SingleStepAncestral(KSampler):
+    """The step plan DPM++ 2S ancestral and its CFG++ variant share: each step to the ancestral sigma_down calls the
+    model at sigma and, unless sigma_down is 0, at the log-midpoint sqrt(sigma sigma_down)."""
+
+    def _steps(self, sigmas: list[float]) -> list[tuple[float, float, float, float]]:
+        """(sigma, sigma_next, sigma_down, sigma_up) of every step."""
+        eta = self.config.eta
+        return [(s, n, *ancestral_split(s, n, eta)) for s, n in pairwise(sigmas)]
+
+    def call_sigmas(self, sigmas: list[float]) -> list[float]:
+        calls = []
+        for sigma, _, sigma_down, _ in self._steps(sigmas):
+            calls.append(sigma)
+            if sigma_down > 0:
+                calls.append(math.sqrt(sigma * sigma_down))
+        return calls
+
+
+class DPMPP2SAncestralSampler(SingleStepAncestral, AncestralKSampler):
     """Two model calls per step (one into sigma_down = 0): with (sigma_down, sigma_up) the ancestral split,
     h = log(sigma / sigma_down) and sigma_mid = sigma e^(-h/2) = sqrt(sigma sigma_down),
 
@@ -31,19 +49,6 @@ class DPMPP2SAncestralSampler(AncestralKSampler):
         self, eta: NonNegativeFloat = 1.0, s_noise: NonNegativeFloat = 1.0, noise_source: NoiseSource = "generator"
     ):
         """DPM++ 2S ancestral: noise amount eta, noise scale s_noise; noise_source "seed" is ComfyUI's stream."""
-
-    def _steps(self, sigmas: list[float]) -> list[tuple[float, float, float, float]]:
-        """(sigma, sigma_next, sigma_down, sigma_up) of every step."""
-        eta = self.config.eta
-        return [(s, n, *ancestral_split(s, n, eta)) for s, n in pairwise(sigmas)]
-
-    def call_sigmas(self, sigmas: list[float]) -> list[float]:
-        calls = []
-        for sigma, _, sigma_down, _ in self._steps(sigmas):
-            calls.append(sigma)
-            if sigma_down > 0:
-                calls.append(math.sqrt(sigma * sigma_down))
-        return calls
 
     def program(self, x: torch.Tensor) -> Program:
         noisy, s_noise = self.is_stochastic, self.config.s_noise
