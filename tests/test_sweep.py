@@ -277,19 +277,26 @@ def test_the_sweep_report_picks_pages_by_their_axes_without_the_network(sweep: P
     assert "http://" not in html and "https://" not in html
 
 
-def test_choosing_a_seed_and_a_scale_in_the_report_shows_that_pages_grid(sweep: Path, tmp_path: Path) -> None:
+def _report_after(sweep: Path, tmp_path: Path, script: str):
+    """The sweep's report as headless Chromium shows it once ``script`` has run (the page's controls set)."""
     from browser import Page, headless_chromium
 
-    chromium = headless_chromium(tmp_path)
-    page = sweep / "choose.html"
-    choose = ("<script>for (const [axis, value] of [['seed', '4'], ['guidance', '2']]) {"
-              "const s = document.querySelector(`select[data-axis=${axis}]`); s.value = value;"
-              "s.dispatchEvent(new Event('change')); }</script></body>")
-    page.write_text((sweep / "report.html").read_text().replace("</body>", choose))
+    page = sweep / f"report-{tmp_path.name}.html"
+    page.write_text((sweep / "report.html").read_text().replace("</body>", f"<script>{script}</script></body>"))
     try:
-        shown = Page(chromium("--dump-dom", str(page)))
+        return Page(headless_chromium(tmp_path)("--dump-dom", str(page)))
     finally:
         page.unlink()
+
+
+def _cell_images(shown) -> list[str]:
+    return [attrs["src"] for tag, attrs in shown.tags if tag == "img" and "cell" in (attrs.get("class") or "")]
+
+
+def test_choosing_a_seed_and_a_scale_in_the_report_shows_that_pages_grid(sweep: Path, tmp_path: Path) -> None:
+    shown = _report_after(sweep, tmp_path, "for (const [axis, value] of [['seed', '4'], ['guidance', '2']]) {"
+                          "const s = document.querySelector(`select[data-axis=${axis}]`); s.value = value;"
+                          "s.dispatchEvent(new Event('change')); }")
     (grid,) = [attrs for tag, attrs in shown.tags if tag == "img" and attrs.get("id") == "page-grid"]
     (link,) = [attrs for tag, attrs in shown.tags if tag == "a" and attrs.get("id") == "page-report"]
     assert (grid["src"], link["href"]) == ("grid-seed4-guidance2.png", "pages/seed4-guidance2/report.html")
@@ -336,19 +343,9 @@ def test_the_overview_puts_every_page_in_a_column(sweep: Path) -> None:
 
 
 def test_the_explorer_lays_the_cells_out_by_the_axis_one_picks(sweep: Path, tmp_path: Path) -> None:
-    from browser import Page, headless_chromium
-
-    chromium = headless_chromium(tmp_path)
-    page = sweep / "explore.html"
-    pick = ("<script>const c = document.getElementById('column-axis'); c.value = 'seed';"
-            "document.querySelector('select[data-filter=steps]').value = '6';"
-            "c.dispatchEvent(new Event('change'));</script></body>")
-    page.write_text((sweep / "report.html").read_text().replace("</body>", pick))
-    try:
-        shown = Page(chromium("--dump-dom", str(page)))
-    finally:
-        page.unlink()
-    images = [attrs["src"] for tag, attrs in shown.tags if tag == "img" and "cell" in (attrs.get("class") or "")]
+    images = _cell_images(_report_after(sweep, tmp_path, "const c = document.getElementById('column-axis');"
+                                        "c.value = 'seed'; document.querySelector('select[data-filter=steps]').value "
+                                        "= '6'; c.dispatchEvent(new Event('change'));"))
     assert images == ["pages/seed3-guidance2/images/002-ddim-6.png", "pages/seed4-guidance2/images/002-ddim-6.png",
                       "pages/seed3-guidance2/images/004-euler-a-6.png", "pages/seed4-guidance2/images/004-euler-a-6.png"]
 
@@ -375,21 +372,11 @@ def test_a_batched_sweep_packs_all_pages_into_one_batch_with_the_same_images(swe
 
 
 def test_the_explorer_takes_both_axes(sweep: Path, tmp_path: Path) -> None:
-    from browser import Page, headless_chromium
-
-    chromium = headless_chromium(tmp_path)
-    page = sweep / "explore2.html"
-    pick = ("<script>document.getElementById('row-axis').value = 'guidance';"
-            "document.querySelector('select[data-filter=steps]').value = '3';"
-            "const c = document.getElementById('column-axis'); c.value = 'seed';"
-            "document.querySelector('select[data-filter=guidance]').value = '2';"
-            "c.dispatchEvent(new Event('change'));</script></body>")
-    page.write_text((sweep / "report.html").read_text().replace("</body>", pick))
-    try:
-        shown = Page(chromium("--dump-dom", str(page)))
-    finally:
-        page.unlink()
-    images = [attrs["src"] for tag, attrs in shown.tags if tag == "img" and "cell" in (attrs.get("class") or "")]
+    images = _cell_images(_report_after(sweep, tmp_path, "document.getElementById('row-axis').value = 'guidance';"
+                                        "document.querySelector('select[data-filter=steps]').value = '3';"
+                                        "const c = document.getElementById('column-axis'); c.value = 'seed';"
+                                        "document.querySelector('select[data-filter=guidance]').value = '2';"
+                                        "c.dispatchEvent(new Event('change'));"))
     # sampler x schedule filters now (its first choice, ddim); rows are the two scales, columns the seeds
     assert images == ["pages/seed3-guidance2/images/001-ddim-3.png", "pages/seed4-guidance2/images/001-ddim-3.png",
                       "pages/seed3-guidance4/images/001-ddim-3.png", "pages/seed4-guidance4/images/001-ddim-3.png"]
