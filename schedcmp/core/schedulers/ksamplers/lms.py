@@ -18,19 +18,20 @@ from ..k_sampler import KSampler, Program, sampler_config
 def multistep_coefficients(sigmas: Sequence[float], order: int) -> list[list[float]]:
     """Per step i, the weights of the slopes d_i, d_(i-1), ...: the integrals over [sigma_i, sigma_(i+1)] of the
     Lagrange basis polynomials through the last min(i + 1, order) grid sigmas (Gauss-Legendre, exact for them)."""
-    nodes, weights = np.polynomial.legendre.leggauss(order)
+    nodes, weights = (values.tolist() for values in np.polynomial.legendre.leggauss(order))
     table = []
-    for i in range(len(sigmas) - 1):
+    for i in range(len(sigmas) - 1):  # Python floats: a handful of nodes, where numpy's overhead would dominate
         a, b = sigmas[i], sigmas[i + 1]
-        taus = (a + b) / 2 + (b - a) / 2 * nodes
+        taus = [(a + b) / 2 + (b - a) / 2 * node for node in nodes]
         past = [sigmas[i - k] for k in range(min(i + 1, order))]
         row = []
         for j, sigma_j in enumerate(past):
-            basis = np.ones_like(taus)
+            basis = [1.0] * len(taus)
             for k, sigma_k in enumerate(past):
                 if k != j:
-                    basis *= (taus - sigma_k) / (sigma_j - sigma_k)
-            row.append(float((b - a) / 2 * np.dot(weights, basis)))
+                    basis = [value * (tau - sigma_k) / (sigma_j - sigma_k) for value, tau in zip(basis, taus,
+                                                                                                 strict=True)]
+            row.append((b - a) / 2 * sum(w * v for w, v in zip(weights, basis, strict=True)))
         table.append(row)
     return table
 
