@@ -58,11 +58,11 @@ class StopSignals:
     @contextmanager
     def deferred(self) -> Iterator[None]:
         """Hold stop signals off for the block (they are remembered and decide the exit code)."""
-        self._deferred = True
+        previous, self._deferred = self._deferred, True
         try:
             yield
         finally:
-            self._deferred = False
+            self._deferred = previous
 
     def exit_code(self) -> int | None:
         """128 + the first stop signal received (130 for Ctrl-C), or None."""

@@ -134,6 +134,9 @@ def run(
         help="Most runs per batched model call (default: what fits in memory).", rich_help_panel=SPEED)] = None,
     compile_model: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the denoiser (UNet) before the first run.", rich_help_panel=SPEED)] = False,
+    workers: Annotated[int | None, typer.Option(
+        help="Run the plan in N local processes, each a rank with its share of the cells (torch's launcher; one "
+             "per GPU). torchrun -m schedcmp run ... does the same over nodes.", rich_help_panel=SPEED)] = None,
     cuda_graphs: Annotated[bool, typer.Option(
         "--cuda-graphs", help="Capture each batch shape's model call in a CUDA graph (torch.compile mode "
                               "reduce-overhead; pays with fixed shapes).", rich_help_panel=SPEED)] = False,
@@ -168,6 +171,10 @@ def run(
     }
 
     def body(signals: StopSignals) -> int:
+        if workers is not None:
+            from .launch import launch_workers
+
+            return launch_workers(workers, sys.argv[sys.argv.index("run") + 1:])
         from .compare import RunOptions, run_comparison
         from .plan import build_plan
 

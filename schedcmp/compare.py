@@ -5,13 +5,11 @@ run ends) and are moved in at the end, so a failed start or a crash leaves the f
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +17,11 @@ from typing import Any
 import torch
 
 from . import terminal
-from .accuracy import Accuracy
 from .boundary import StopSignals
 from .core.load import load_pipeline
 from .core.pipeline import DiffusionPipeline
-from .engine import Engine, EngineReport, RunResult, cpu_threads, run_engines_batched
+from .distributed import World, join, leave, world_from_environment
+from .engine import Engine, EngineReport, cpu_threads, run_engines_batched
 from .errors import OutputFolderError, RunFailedError, SchedcmpError
 from .outputs.folder import OutputFolder
 from .outputs.grid import MAX_GRID_MEGAPIXELS, grid_megapixels, grid_shape
@@ -41,15 +39,16 @@ from .outputs.sweep import (
     run_count,
     samples_of,
     statistics_table,
-    write_page_entry,
-    write_page_identity,
     write_sweep,
 )
 from .outputs.tables import cost_table, expectation_table, timing_table
 from .outputs.writer import ResultWriter, Written
+from .pages import PageJob, finish_page, prepare_page
 from .plan import Plan
+from .shards import MainRank, RankLoad, ShardedOutcome, agree, pin_device, plan_digest, serve, weights_fingerprint
 from .smoke import DEFAULT_TOLERANCE_DB, check_determinism, compare_with_expected, identical_results, read_expected
 from .statistics import cell_statistics, pareto_front, recommend
+from .terminal import shown_warnings
 
 SMALLEST_IMAGE = (64, 64)  # builtin:shapes' size, the smallest a model here draws by default
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -83,7 +82,7 @@ def resolve_device(name: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise SchedcmpError("--device cuda: no CUDA device is available here (try --device cpu)")
     if name == "mps" and not torch.backends.mps.is_available():
         raise SchedcmpError("--device mps: no Apple MPS device is available here (try --device cpu)")
@@ -97,19 +96,6 @@ def resolve_dtype(name: str, device: torch.device, model: str) -> torch.dtype:
     return DTYPES[name]
 
 
-@contextmanager
-def shown_warnings(into: list[str]) -> Iterator[None]:
-    """Collect the warnings the block raises, print each once as one line, and append them to ``into``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            for message in dict.fromkeys(str(w.message) for w in caught):
-                terminal.warning(message)
-                into.append(message)
-
-
 def _read_baseline(expect: Path | None, out: Path) -> dict[str, Any] | None:
     """The record of the previous run --expect names (read before sampling); it must not be this run's folder."""
     if expect is None:
@@ -120,9 +106,11 @@ def _read_baseline(expect: Path | None, out: Path) -> dict[str, Any] | None:
     return read_expected(expect)
 
 
-def _load(plan: Plan, options: RunOptions) -> tuple[DiffusionPipeline, torch.device, Plan]:
-    """The pipeline on its device (compiled if asked), and the plan with the model's defaults filled in."""
-    device = resolve_device(plan.device)
+def _load(plan: Plan, options: RunOptions, device_name: str | None = None
+          ) -> tuple[DiffusionPipeline, torch.device, Plan]:
+    """The pipeline on its device (``device_name``, else the plan's; compiled if asked), and the plan with the
+    model's defaults filled in."""
+    device = resolve_device(device_name or plan.device)
     dtype = resolve_dtype(plan.dtype, device, plan.model)
     if options.cuda_graphs and device.type != "cuda":
         raise SchedcmpError(f"--cuda-graphs needs a CUDA device; this run is on {device.type} "
@@ -157,24 +145,109 @@ def _output_folder(options: RunOptions) -> OutputFolder:
 
 
 def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
-    """Load the model once, run every cell of the plan, write every output; returns the exit code."""
+    """Load the model once, run every cell of the plan, write every output; returns the exit code. Under torchrun
+    (WORLD_SIZE > 1) every rank runs a share of the cells and rank 0 writes the one output folder."""
+    world = world_from_environment()
+    if not world.distributed:
+        return _run_here(world, plan, options, signals)
+    join(world)
+    try:
+        if world.rank == 0:
+            return _run_here(world, plan, options, signals)
+        return _serve(world, plan, options, signals)
+    finally:
+        leave()
+
+
+@dataclass(frozen=True)
+class _Started:
+    """What a rank starts with: rank 0's checked outputs, the pipeline, its device, the plan with the model's
+    defaults, and every rank's identity (host, device) in a world."""
+
+    checked: Any
+    pipeline: DiffusionPipeline
+    device: torch.device
+    plan: Plan
+    peers: list[dict[str, Any]]
+
+    def main_rank(self, world: World, signals: StopSignals) -> MainRank | None:
+        """Rank 0's side of a world (None for one process)."""
+        return MainRank(world, self.plan, self.pipeline, signals, self.peers) if world.distributed else None
+
+
+def _start(world: World, plan: Plan, options: RunOptions, checks: Callable[[], Any]) -> _Started:
+    """Rank 0's checks of its outputs, then the model on this rank's device; across ranks, every rank starts with
+    the same plan and weights or none does (rank 0 says which rank could not, and why)."""
+    if not world.distributed:
+        checked = checks()
+        return _Started(checked, *_load(plan, options), [])
+    checked = loaded = error = None
+    try:
+        checked = checks() if world.rank == 0 else None
+        loaded = _load(plan, options, pin_device(world, plan.device))
+    except SchedcmpError as err:
+        error = str(err)
+    identity = None if loaded is None else {"plan": plan_digest(plan), "device": str(loaded[1]),
+                                            "weights": weights_fingerprint(plan.model, loaded[0], plan.vae)}
+    peers = agree(world, identity, error)
+    return _Started(checked, *loaded, peers)
+
+
+def _serve(world: World, plan: Plan, options: RunOptions, signals: StopSignals) -> int:
+    """A worker rank: start with the others, then run the share rank 0 gives it. What goes wrong with the plan or
+    the model is rank 0's to say (once, naming the rank), so this rank exits quietly."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # rank 0 shows them
+            started = _start(world, plan, options, lambda: None)
+    except SchedcmpError:
+        return 1
+    return serve(world, started.plan, started.pipeline, signals)
+
+
+def _run_here(world: World, plan: Plan, options: RunOptions, signals: StopSignals) -> int:
+    """The comparison with this process writing it: alone, or as rank 0 of a world."""
     if plan.is_sweep:
-        return run_sweep(plan, options, signals)
+        return run_sweep(plan, options, signals, world)
     if options.resume:
         raise SchedcmpError("--resume finishes a sweep (--seeds, a guidance list, prompt axes); this plan has one "
                             "page: run it again with --overwrite")
-    folder = _output_folder(options)
-    baseline = _read_baseline(options.expect, folder.target)
+
+    def checks() -> tuple[OutputFolder, dict[str, Any] | None]:
+        folder = _output_folder(options)
+        return folder, _read_baseline(options.expect, folder.target)
+
     notes: list[str] = []
     with shown_warnings(notes):
-        pipeline, device, plan = _load(plan, options)
+        started = _start(world, plan, options, checks)
+    main = started.main_rank(world, signals)
+    (folder, baseline), pipeline, device = started.checked, started.pipeline, started.device
+    try:
+        return _compare(started.plan, options, signals, folder, baseline, pipeline, device, notes, main)
+    except BaseException:
+        if main is not None:
+            main.abandon()
+        raise
+
+
+def _compare(plan: Plan, options: RunOptions, signals: StopSignals, folder: OutputFolder,
+             baseline: dict[str, Any] | None, pipeline: DiffusionPipeline, device: torch.device, notes: list[str],
+             main: MainRank | None) -> int:
+    """One page: every run (here, or over the ranks), then its folder, the tables and the verdict."""
+    with shown_warnings(notes):
         engine = Engine(pipeline, plan)
     size = plan.size or pipeline.default_size
     staging = folder.open_staging()
+    outcome = None
     try:
         writer = ResultWriter(staging, plan, size, pipeline.provenance)
         with shown_warnings(notes):
-            report = _sample(engine, plan, writer)
+            if main is None:
+                report = _sample(engine, plan, writer)
+            else:
+                outcome = _sample_on_ranks(main, PageJob("", plan, engine, writer, [], []))
+                report = outcome.reports[""]
+                report.ranks = outcome.ranks_json()
         with signals.deferred():
             report.warnings.extend(notes)
             for message in identical_results(report.results):
@@ -190,20 +263,51 @@ def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int
         terminal.warning(f"the runs that finished are kept in {staging}")
         raise
     _show(summary, written, folder.target, options.json_output)
+    lost = outcome.lost_error(folder.target, "run the same command again for them (a comparison of one page "
+                              "runs whole; sweeps resume)") if outcome else None
+    if lost is not None:
+        raise lost
     return _verdict(summary, written, baseline, signals, folder.target, options, pipeline, device)
 
 
-def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
-    """A sweep over seeds, guidance and prompts: every page (one of each) is the comparison it would be alone, in
-    its own folder under pages/, written as it finishes; then the statistics over seeds, the Pareto front and the
-    recommendation (sweep.json, statistics.csv, the terminal) and a grid per page at the top."""
+def _sample_on_ranks(main: MainRank, job: PageJob) -> ShardedOutcome:
+    """Every run of one page over the ranks, with a transient progress bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=terminal.err(), transient=True) as progress:
+        task = progress.add_task(f"{len(job.page.runs)} runs, {job.page.mode}, {main.world.size} ranks",
+                                 total=job.engine.total_model_calls)
+        return main.run([job], lambda n: progress.advance(task, n))
+
+
+def _sweep_checks(options: RunOptions) -> OutputFolder:
     if options.expect is not None or options.check_determinism:
         raise SchedcmpError("--expect and --check-determinism check one page; run them without --seeds or a "
                             "guidance sweep")
-    folder = _output_folder(options)
+    return _output_folder(options)
+
+
+def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals, world: World | None = None) -> int:
+    """A sweep over seeds, guidance and prompts: every page (one of each) is the comparison it would be alone, in
+    its own folder under pages/, written as it finishes; then the statistics over seeds, the Pareto front and the
+    recommendation (sweep.json, statistics.csv, the terminal) and a grid per page at the top."""
+    world = world or World()
     notes: list[str] = []
     with shown_warnings(notes):
-        pipeline, _device, plan = _load(plan, options)
+        started = _start(world, plan, options, lambda: _sweep_checks(options))
+    main = started.main_rank(world, signals)
+    try:
+        return _sweep(started.plan, options, signals, started.checked, started.pipeline, notes, main)
+    except BaseException:
+        if main is not None:
+            main.abandon()
+        raise
+
+
+def _sweep(plan: Plan, options: RunOptions, signals: StopSignals, folder: OutputFolder, pipeline: DiffusionPipeline,
+           notes: list[str], main: MainRank | None) -> int:
+    """The sweep's pages (here, or over the ranks), then its own outputs and what the terminal shows."""
     kept, partial = finished_pages(folder.target, plan) if options.resume else ({}, {})
     if kept or partial:
         runs = sum(len(p.records) for p in partial.values())
@@ -211,13 +315,15 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
         terminal.note("resume", f"{len(kept)} of {len(plan.pages())} pages are finished{more}; running the others")
     staging = folder.open_staging()
     try:
-        pages, interrupted = _run_pages(plan, pipeline, kept, partial, folder.target, staging, notes, signals)
+        pages, interrupted, ranks = _run_pages(plan, pipeline, kept, partial, folder.target, staging, notes, signals,
+                                               main)
         with signals.deferred():
             samples = [sample for _name, page in pages for sample in samples_of(page)]
             cells = cell_statistics(samples, plan.target_error)
             recommendation = recommend(cells, plan.target_error)
             (staging / IMAGES).rmdir()  # a sweep's images are in its pages
-            names = write_sweep(staging, plan, pages, cells, pareto_front(cells), recommendation)
+            names = write_sweep(staging, plan, pages, cells, pareto_front(cells), recommendation,
+                                ranks.ranks_json())
             leftovers = leftover_stagings(folder.target) if options.resume else []
             folder.commit()
             for leftover in leftovers:  # what killed runs left, now in the sweep
@@ -240,6 +346,12 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
                 f"{c.row} {c.steps} steps ({c.model_calls}, {c.median_error:.3g})" for c in front))
         terminal.show(f"{len(pages)} pages, {sum(run_count(p) for _n, p in pages)} runs; wrote "
                       f"{', '.join(str(folder.target / n) for n in names)} and {PAGES}/")
+        if len(ranks.loads) > 1:
+            terminal.show(ranks.describe())
+    lost = ranks.lost_error(folder.target, "run the same command with --resume to finish the rest (on any number "
+                            "of ranks)")
+    if lost is not None:
+        raise lost
     if interrupted:
         terminal.note("interrupted", f"wrote the pages that finished to {folder.target}")
         return signals.exit_code() or 130
@@ -250,25 +362,13 @@ def run_sweep(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
     return 0
 
 
-@dataclass
-class _PageRun:
-    """One page to run: its plan and name, the engine over its missing runs, its writer and the runs kept."""
-
-    name: str
-    page: Plan
-    engine: Engine
-    writer: ResultWriter
-    ended: list[RunResult]
-    notes: list[str]
-
-
 def _run_pages(plan: Plan, pipeline: DiffusionPipeline, kept: dict[str, KeptPage], partial: dict[str, PartialPage],
-               target: Path, staging: Path, notes: list[str],
-               signals: StopSignals) -> tuple[list[tuple[str, Summary | KeptPage]], bool]:
+               target: Path, staging: Path, notes: list[str], signals: StopSignals,
+               main: MainRank | None) -> tuple[list[tuple[str, Summary | KeptPage]], bool, ShardedOutcome]:
     """Every page of the sweep into staging/pages/ (kept ones copied from the target), under one progress bar
-    with the time left over the whole sweep: one page after another, or in batched mode all pages' runs as lanes
-    of one continuous batch. A stop signal ends it after what is in progress. Returns the pages in the sweep's
-    order and whether it stopped early."""
+    with the time left over the whole sweep: one page after another, in batched mode all pages' runs as lanes of
+    one continuous batch, or over the ranks of a world. A stop signal ends it after what is in progress. Returns
+    the pages in the sweep's order, whether it stopped early and the ranks' loads."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -287,19 +387,28 @@ def _run_pages(plan: Plan, pipeline: DiffusionPipeline, kept: dict[str, KeptPage
             shutil.copytree(kept[name].source / PAGES / name, staging / PAGES / name)
             done[name] = kept[name]
         else:
-            todo.append(_prepare_page(name, page, pipeline, partial.get(name), staging, encoded))
+            todo.append(prepare_page(name, page, pipeline, partial.get(name), staging / PAGES / name, encoded))
     stopped = False
+    start = time.perf_counter()
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=terminal.err(), transient=True) as progress:
-        overall = progress.add_task(f"sweep: {len(todo)} pages",
+        ranks = f", {main.world.size} ranks" if main is not None else ""
+        overall = progress.add_task(f"sweep: {len(todo)} pages{ranks}",
                                     total=sum(run.engine.total_model_calls for run in todo))
+        if main is not None:
+            outcome = main.run(todo, lambda n: progress.advance(overall, n), lambda job, report: done.__setitem__(
+                job.name, finish_page(job, report, pipeline, notes, signals)))
+            for run in todo:
+                if run.name not in done:
+                    done[run.name] = finish_page(run, outcome.reports[run.name], pipeline, notes, signals)
+            return [(page_name(p, plan), done[page_name(p, plan)]) for p in plan.pages()], outcome.stopped, outcome
         if plan.mode == "batched" and todo:
             with shown_warnings(todo[0].notes):
                 reports = run_engines_batched([run.engine for run in todo], lambda n: progress.advance(overall, n),
                                               lambda engine, result: _writer_of(todo, engine).run_finished(result),
                                               plan.max_batch)
             for run, report in zip(todo, reports, strict=True):
-                done[run.name] = _finish_page(run, report, pipeline, notes, signals)
+                done[run.name] = finish_page(run, report, pipeline, notes, signals)
             stopped = any(report.interrupted for report in reports) or signals.exit_code() is not None
         else:
             for run in todo:
@@ -310,73 +419,27 @@ def _run_pages(plan: Plan, pipeline: DiffusionPipeline, kept: dict[str, KeptPage
                         lambda n, task=task: (progress.advance(task, n), progress.advance(overall, n)),
                         run.writer.run_finished)
                 progress.remove_task(task)
-                done[run.name] = _finish_page(run, report, pipeline, notes, signals)
+                done[run.name] = finish_page(run, report, pipeline, notes, signals)
                 if report.interrupted or signals.exit_code() is not None:  # a stop while the page was written
                     stopped = True
                     break
     names = [page_name(page, plan) for page in plan.pages()]
-    return [(name, done[name]) for name in names if name in done], stopped
+    alone = _one_rank(todo, pipeline, time.perf_counter() - start, stopped)
+    return [(name, done[name]) for name in names if name in done], stopped, alone
 
 
-def _writer_of(todo: list[_PageRun], engine: Engine) -> ResultWriter:
+def _one_rank(todo: list[PageJob], pipeline: DiffusionPipeline, wall: float, stopped: bool) -> ShardedOutcome:
+    """A sweep in one process as a world of one rank: its load is every cell it ran."""
+    ran = [r for job in todo for r in job.engine.results if r.status in ("ok", "failed")]
+    references = [job.engine.reference for job in todo if job.engine.reference is not None]
+    load = RankLoad(0, World().host, str(pipeline.device), len(ran), sum(r.model_calls for r in ran),
+                    len(references), sum(r.seconds for r in ran) + sum(r.seconds for r in references),
+                    "stopped" if stopped else "done")
+    return ShardedOutcome({}, [load], wall, stopped)
+
+
+def _writer_of(todo: list[PageJob], engine: Engine) -> ResultWriter:
     return next(run.writer for run in todo if run.engine is engine)
-
-
-def _prepare_page(name: str, page: Plan, pipeline: DiffusionPipeline, partial: PartialPage | None,
-                  staging: Path, encoded: dict) -> _PageRun:
-    """A page's folder, writer and engine over the runs it still needs (all, or those a stop left unfinished)."""
-    (staging / PAGES / name / IMAGES).mkdir(parents=True)
-    write_page_identity(staging / PAGES / name, page)
-    size = page.size or pipeline.default_size
-    writer = ResultWriter(staging / PAGES / name, page, size, pipeline.provenance)
-    ended = _ended_runs(pipeline, page, partial, writer)
-    page_notes: list[str] = []
-    with shown_warnings(page_notes):
-        missing = [i for i in range(len(page.runs)) if i not in {r.index for r in ended}]
-        if not missing:  # every run ended but the page did not: the engine still needs one to run
-            ended, missing = ended[:-1], [ended[-1].index]
-        engine = Engine(pipeline, dataclasses.replace(page, runs=tuple(page.runs[i] for i in missing)), encoded)
-    for result, index in zip(engine.results, missing, strict=True):
-        result.index = index  # its place on the whole page: its image name, its "run N"
-    return _PageRun(name, page, engine, writer, ended, page_notes)
-
-
-def _finish_page(run: _PageRun, report: EngineReport, pipeline: DiffusionPipeline, notes: list[str],
-                 signals: StopSignals) -> Summary:
-    """The page's results, the kept runs among them, written as a whole comparison folder."""
-    with signals.deferred():
-        report.results = sorted([*run.ended, *report.results], key=lambda r: r.index)
-        report.warnings.extend(notes + run.notes)
-        summary = Summary.build(run.page, report, pipeline.describe(), run.page.size or pipeline.default_size)
-        run.writer.finish(summary)
-        write_page_entry(run.writer.folder, run.name, summary)
-    return summary
-
-
-def _ended_runs(pipeline: DiffusionPipeline, page: Plan, partial: PartialPage | None,
-                writer: ResultWriter) -> list[RunResult]:
-    """The runs an interrupted sweep finished on this page, back as results (their images copied into the new
-    page folder, their records given to its writer) so a resumed page runs only the others."""
-    if partial is None:
-        return []
-    from PIL import Image
-
-    old_folder = partial.source / PAGES / partial.name
-    results = []
-    for record in partial.records:
-        index = record["index"] - 1
-        spec = page.runs[index]
-        image = None
-        if record.get("image"):
-            shutil.copyfile(old_folder / record["image"], writer.folder / record["image"])
-            with Image.open(writer.folder / record["image"]) as opened:
-                image = opened.convert("RGB")
-        scheduler = spec.preset.build(pipeline.scheduler.config, **spec.config_options)
-        results.append(RunResult(index, spec, scheduler, record["status"], image, None, record["model_calls"],
-                                 record["seconds"], record["scheduler_seconds"], record["error"],
-                                 Accuracy.from_json(record["accuracy"]) if record.get("accuracy") else None))
-        writer.records[index] = record
-    return results
 
 
 def _sample(engine: Engine, plan: Plan, writer: ResultWriter) -> EngineReport:

@@ -45,6 +45,8 @@ class RunResult:
     scheduler_seconds: float = 0.0
     error: str | None = None
     accuracy: Accuracy | None = None
+    rank: int = 0  # the torch.distributed rank that ran it (0 in a single process)
+    device: str = "cpu"  # the device it ran on
 
     @property
     def seconds_per_call(self) -> float:
@@ -86,6 +88,7 @@ class EngineReport:
     max_batch: int | None = None
     max_batch_reason: str | None = None
     reference: ReferenceResult | None = None
+    ranks: dict[str, Any] | None = None  # over torch.distributed ranks: each rank's load and the speed-up
 
 
 def synchronize(device: torch.device) -> None:
@@ -136,9 +139,12 @@ class Engine:
     """Runs every RunSpec of a plan against one pipeline, with the prompt encoded once for all of them."""
 
     def __init__(self, pipeline: DiffusionPipeline, plan: Plan,
-                 encoded: dict[tuple[str, str], tuple[Conditioning, Conditioning]] | None = None):
+                 encoded: dict[tuple[str, str], tuple[Conditioning, Conditioning]] | None = None,
+                 whole_page: Plan | None = None):
         """``encoded``: prompts already encoded by other engines on this pipeline (a sweep's pages), shared and
-        filled in, so each prompt is encoded once."""
+        filled in, so each prompt is encoded once. ``whole_page``: the page these runs are part of, when they are
+        some of its runs (a resumed page, a rank's share); its runs decide whether the unconditional pass runs, so
+        every run computes what it would on the whole page."""
         self.pipeline = pipeline
         plan = self.plan = plan.with_model_defaults(pipeline)
         self.device = pipeline.device
@@ -148,7 +154,8 @@ class Engine:
         self.results = [self._prepare(i, spec) for i, spec in enumerate(plan.runs)]
         # The unconditional pass runs under guidance (scale > 1, diffusers' rule) and whenever a CFG++ sampler,
         # which needs the unconditional prediction at any scale, is in the plan.
-        self.guided = plan.guidance > 1.0 or any(r.scheduler.needs_uncond for r in self.results)
+        page_runs = (whole_page or plan).runs
+        self.guided = plan.guidance > 1.0 or any(spec.preset.cls.needs_uncond for spec in page_runs)
         encoded = {} if encoded is None else encoded
         key = (plan.prompt, plan.negative_prompt)
         if key not in encoded:
@@ -187,7 +194,7 @@ class Engine:
         narrowed = narrowed_grid_note(scheduler)
         if narrowed is not None:
             warnings.warn(f"{name} ({spec.label}, {spec.steps} steps): {narrowed}", UserWarning, stacklevel=2)
-        return RunResult(index, spec, scheduler)
+        return RunResult(index, spec, scheduler, device=str(self.device))
 
     def _set_timesteps(self, scheduler: SchedulerMixin, spec: RunSpec) -> None:
         """The run's schedule: its step count, or its custom sigmas / timesteps."""
@@ -325,9 +332,10 @@ class Engine:
                             max_batch_reason=self.max_batch_reason, reference=self.reference)
 
     def _run_reference(self) -> None:
-        """The reference from the plan's seed: the exact solution of the same initial noise, or the run."""
+        """The reference from the plan's seed: the exact solution of the same initial noise, or the run (unless it
+        was computed already, by another rank)."""
         reference = self.reference
-        if reference is None:
+        if reference is None or reference.status != "not run":
             return
         if reference.run is not None:
             self._run_one(reference.run, report=False)

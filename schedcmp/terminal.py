@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 WIDE = 160  # columns for tables written to a file or a pipe
@@ -55,3 +58,16 @@ def _say(style: str, label: str, message: str) -> None:
 def show(renderable: Any) -> None:
     """A table or a line of results on stdout."""
     out().print(renderable, highlight=False)
+
+
+@contextmanager
+def shown_warnings(into: list[str]) -> Iterator[None]:
+    """Collect the warnings the block raises, print each once as one line, and append them to ``into``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught):
+                warning(message)
+                into.append(message)

@@ -88,6 +88,7 @@ class DiffusionPipeline(ABC):
     CALLBACK_TENSORS: ClassVar[dict[str, str]] = TEXT_CALLBACK_TENSORS
     # CPU threads the engine runs this model with (None: torch's default).
     cpu_threads: int | None = None
+    exact_solution_calls: int = 0  # what exact_solution costs, in denoiser calls (where the model has one)
     _num_timesteps = 0
     _interrupt = False
     # Where the weights came from, for the record: a checkpoint file's hash and what was read from it, a swapped VAE.

@@ -24,8 +24,8 @@ TIMINGS_NAME = "timings.csv"
 REFERENCE_NAME = "reference.png"
 PLOT_NAME = "error_vs_calls.png"
 CSV_COLUMNS = ("index", "label", "scheduler", "class", "steps", "model_calls", "seconds", "seconds_per_call",
-               "scheduler_seconds", "mode", "status", "error", "latent_rmse", "psnr_db", "ssim", "stochastic",
-               "nearest_dataset_rmse", "nearest_caption")
+               "scheduler_seconds", "mode", "rank", "device", "status", "error", "latent_rmse", "psnr_db", "ssim",
+               "stochastic", "nearest_dataset_rmse", "nearest_caption")
 
 
 def slug(text: str) -> str:
@@ -62,6 +62,8 @@ def run_record(result: RunResult, mode: str) -> dict[str, Any]:
         "seconds_per_call": round(result.seconds_per_call, 6),
         "scheduler_seconds": round(result.scheduler_seconds, 6),
         "timing": "attributed share of batched calls" if mode == "batched" else "wall time of the run alone",
+        "rank": result.rank,
+        "device": result.device,
         "image": image_name(result) if result.image is not None else None,
         "accuracy": result.accuracy.to_json() if result.accuracy else None,
         "scheduler_config": {
@@ -149,6 +151,7 @@ def document(summary: Summary, records: list[dict[str, Any]], reference_image: s
         "max_batch_reason": report.max_batch_reason,
         "wall_seconds": round(report.wall_seconds, 6),
         "interrupted": report.interrupted,
+        **({"ranks": report.ranks} if report.ranks else {}),
         "warnings": report.warnings,
         "reference": reference_record(reference, reference_image) if reference is not None else None,
         "cost_to_reach": [c.to_json() for c in summary.costs] or None,
@@ -179,7 +182,8 @@ def write_timings(folder: Path, records: list[dict[str, Any]], mode: str) -> Pat
                     record["index"], record["label"], record["scheduler"], record["class"], record["steps"],
                     record["model_calls"], _csv_number(record["seconds"], ".6f"),
                     _csv_number(record["seconds_per_call"], ".6f"), _csv_number(record["scheduler_seconds"], ".6f"),
-                    mode, record["status"], record["error"] or "", *_accuracy_cells(record["accuracy"]),
+                    mode, record.get("rank", 0), record.get("device", ""), record["status"], record["error"] or "",
+                    *_accuracy_cells(record["accuracy"]),
                 ])
 
     return write_atomically(folder / TIMINGS_NAME, write)

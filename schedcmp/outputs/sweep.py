@@ -225,10 +225,13 @@ def _previous_pages(target: Path) -> list[dict[str, Any]]:
 
 def write_sweep(folder: Path, plan: Plan, pages: Sequence[tuple[str, Summary | KeptPage]],
                 cells: Sequence[CellStatistics],
-                front: Sequence[CellStatistics], recommendation: Recommendation) -> list[str]:
-    """sweep.json, statistics.csv and the page grids at the top of the folder; the names written."""
+                front: Sequence[CellStatistics], recommendation: Recommendation,
+                ranks: dict[str, Any] | None = None) -> list[str]:
+    """sweep.json, statistics.csv and the page grids at the top of the folder; the names written (``ranks``: the
+    load of each rank that ran it)."""
     document: dict[str, Any] = {
         "plan": plan.to_json(),
+        "ranks": ranks,
         "complete": len(pages) == len(plan.pages()) and all(_entry(n, p)["complete"] for n, p in pages),
         "pages": [_entry(name, page) for name, page in pages],
         "statistics": [c.to_json() for c in cells],

@@ -45,7 +45,11 @@ class ResultWriter:
         record = rec.run_record(result, self.plan.mode)
         if result.image is not None:
             rec.save_run_image(self.folder, self.plan, result, self.size, record, self.model_fields)
-        self.records[result.index] = record
+        self.keep(result.index, record)
+
+    def keep(self, index: int, record: dict[str, Any]) -> None:
+        """Hold a finished run's record for results.json and append it to runs.jsonl."""
+        self.records[index] = record
         with (self.folder / RUN_LINES).open("a", encoding="utf-8") as lines:
             lines.write(json.dumps(record, allow_nan=False, ensure_ascii=False) + "\n")
 
