@@ -180,7 +180,7 @@ def run(
 
         options = RunOptions(out, overwrite, allow_pickle, compile_model, cuda_graphs, expect, tolerance,
                              check_determinism, json_output, resume)
-        return run_comparison(build_plan(plan_file, overrides), options, signals)
+        return run_comparison(lambda: build_plan(plan_file, overrides), options, signals)
 
     _finish(run_guarded(body, debug))
 

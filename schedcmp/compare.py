@@ -144,19 +144,34 @@ def _output_folder(options: RunOptions) -> OutputFolder:
     return folder
 
 
-def run_comparison(plan: Plan, options: RunOptions, signals: StopSignals) -> int:
-    """Load the model once, run every cell of the plan, write every output; returns the exit code. Under torchrun
-    (WORLD_SIZE > 1) every rank runs a share of the cells and rank 0 writes the one output folder."""
+def run_comparison(make_plan: Callable[[], Plan], options: RunOptions, signals: StopSignals) -> int:
+    """Build the plan, load the model once, run every cell, write every output; returns the exit code. Under
+    torchrun (WORLD_SIZE > 1) every rank runs a share of the cells and rank 0 writes the one output folder; the plan
+    is built once this process is in its world, so a plan one rank cannot build stops them all."""
     world = world_from_environment()
     if not world.distributed:
-        return _run_here(world, plan, options, signals)
+        return _run_here(world, make_plan(), options, signals)
     join(world)
     try:
         if world.rank == 0:
-            return _run_here(world, plan, options, signals)
+            return _run_here(world, _agreed_plan(world, make_plan), options, signals)
+        try:
+            plan = _agreed_plan(world, make_plan)
+        except SchedcmpError:
+            return 1  # rank 0 says why
         return _serve(world, plan, options, signals)
     finally:
         leave()
+
+
+def _agreed_plan(world: World, make_plan: Callable[[], Plan]) -> Plan:
+    """The plan; where this rank cannot build it, its error goes to every rank in the start's agreement (which
+    the others reach after loading), so no rank waits for it."""
+    try:
+        return make_plan()
+    except SchedcmpError as err:
+        agree(world, None, str(err))
+        raise
 
 
 @dataclass(frozen=True)

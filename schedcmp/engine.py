@@ -166,6 +166,8 @@ class Engine:
         self.max_batch = plan.max_batch
         self.max_batch_reason = "set by the plan" if plan.max_batch else None
         self.reference = self._prepare_reference(plan.reference)
+        self._advance_progress: ProgressCallback = lambda _n: None
+        self._on_finished: FinishedCallback = lambda _result: None
 
     def _prepare(self, index: int, spec: RunSpec) -> RunResult:
         """Build the run's scheduler from the model's config and check its step count, before anything runs

@@ -109,10 +109,30 @@ def _grid(document: dict[str, Any], folder: Path) -> dict[str, Any]:
     }
 
 
-def _runs_table(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every run, one row each; accuracy columns only when some run carries accuracy."""
+def ranks_table(ranks: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ranks' load when more than one rank ran the plan: a row per rank and the speed-up line."""
+    if not ranks or ranks.get("world_size", 1) < 2:
+        return None
+    headers = ["rank", "host", "device", "cells", "model calls", "references", "busy s", "status"]
+    rows = [{"lost": load["status"] in ("lost", "failed"),
+             "cells": [load["rank"], load["host"], load["device"], load["cells"], load["model_calls"],
+                       load["references"], f"{load['busy_seconds']:.2f}",
+                       load["status"] + (f": {load['error']}" if load.get("error") else "")]}
+            for load in ranks["ranks"]]
+    gain = ranks.get("speedup_over_one_rank")
+    summary = (f"{ranks['world_size']} ranks, {ranks['wall_seconds']:.2f} s of wall time"
+               + ("" if gain is None else f"; {gain:.2f}x the speed of one rank (their busy seconds summed over "
+                                          "the wall time)"))
+    return {"headers": headers, "rows": rows, "summary": summary}
+
+
+def _runs_table(runs: list[dict[str, Any]], by_rank: bool = False) -> dict[str, Any]:
+    """Every run, one row each; accuracy columns only when some run carries accuracy, the rank that ran it when
+    several did."""
     with_accuracy = any(run.get("accuracy") for run in runs)
     headers = ["#", "label", "class", "steps", "model calls", "seconds", "ms/call", "scheduler ms", "status"]
+    if by_rank:
+        headers.insert(5, "rank")
     if with_accuracy:
         headers += ["latent RMSE", "PSNR dB", "SSIM", "stochastic", "nearest data-set RMSE", "nearest caption"]
     rows = []
@@ -126,6 +146,8 @@ def _runs_table(runs: list[dict[str, Any]]) -> dict[str, Any]:
                  _num(run.get("model_calls")), _num(run.get("seconds"), ".3f"),
                  _num(run.get("seconds_per_call") if ok else None, ".2f", scale=1000),
                  _num(run.get("scheduler_seconds") if ok else None, ".2f", scale=1000), _text(status, "wrap", 400)]
+        if by_rank:
+            cells.insert(5, _num(run.get("rank")))
         if with_accuracy:
             acc = run.get("accuracy") or {}
             if acc and acc.get("psnr") is None:  # null PSNR means the images are identical
@@ -226,7 +248,8 @@ def render_report(folder: Path, document: dict[str, Any]) -> str:
         grid=_grid(document, folder),
         grid_png=_png_data_uri(folder / "grid.png"),
         note=note,
-        runs=_runs_table(runs),
+        runs=_runs_table(runs, ranks_table(document.get("ranks")) is not None),
+        ranks=ranks_table(document.get("ranks")),
         plot=_png_data_uri(folder / document["plot"]) if document.get("plot") else None,
         cost=_cost(document),
         details=_details(document),

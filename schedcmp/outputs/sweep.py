@@ -326,7 +326,7 @@ def render_sweep_report(folder: Path, document: dict[str, Any]) -> str:
     the columns and the others as filters (the sweep folder's own files: nothing from the network)."""
     import jinja2
 
-    from .html import TEMPLATES, elide
+    from .html import TEMPLATES, elide, ranks_table
 
     pages = document["pages"]
     axes = []
@@ -361,7 +361,8 @@ def render_sweep_report(folder: Path, document: dict[str, Any]) -> str:
     return environment.get_template("sweep.html.j2").render(
         title=f"schedcmp sweep · {elide(plan['prompt'], 80)}", prompt=plan["prompt"], fields=fields,
         recommendation=document["recommendation"]["text"], axes=axes, pages=page_data,
-        pages_json=_script_json(page_data), headers=headers, rows=rows, explore_axes=explore_axes,
+        pages_json=_script_json(page_data), headers=headers, ranks=ranks_table(document.get("ranks")), rows=rows,
+        explore_axes=explore_axes,
         row_choices=list(dict.fromkeys(c["row"] for c in cells)),
         cells_json=_script_json(cells))
 
