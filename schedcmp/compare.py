@@ -157,9 +157,11 @@ def run_comparison(make_plan: Callable[[], Plan], options: RunOptions, signals: 
             return _run_here(world, _agreed_plan(world, make_plan), options, signals)
         try:
             plan = _agreed_plan(world, make_plan)
+            return _serve(world, plan, options, signals)
         except SchedcmpError:
             return 1  # rank 0 says why
-        return _serve(world, plan, options, signals)
+        except KeyboardInterrupt as stop:  # rank 0 reports the stop and what was kept
+            return getattr(stop, "exit_code", 130)
     finally:
         leave()
 

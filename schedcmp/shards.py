@@ -56,7 +56,8 @@ def named_pages(plan: Plan) -> dict[str, Plan]:
 @dataclass
 class RankLoad:
     """One rank's share and what it took: its cells, their model calls, the references it computed, its busy time
-    (the seconds of those cells and references), and how it ended ('done', 'stopped', 'failed' or 'lost')."""
+    (the seconds of those cells and references), and how it ended ('done', 'stopped', 'failed', 'lost': its
+    connection broke, or 'silent': no last word after a stop)."""
 
     rank: int
     host: str
@@ -339,19 +340,26 @@ def serve(world: World, plan: Plan, pipeline: DiffusionPipeline, signals: StopSi
             if _run_share(engines, plan, lambda _n: None, finished) or signals.exit_code() is not None:
                 status = "stopped"
     except RankLostError as err:
-        terminal.error(f"rank {world.rank} ({world.host}): {err}; its cells that ended are in rank 0's output")
-        return 1
+        return _orphaned(world, err)
     except KeyboardInterrupt:
         status = "stopped"
     except Exception as err:  # told to rank 0, which names this rank and keeps what finished
         status, error = "failed", f"{type(err).__name__}: {terminal.one_line(str(err))}"
     try:
-        send_to_main({"kind": status, "error": error})
-    except RankLostError:
-        return 1
+        with signals.deferred():
+            send_to_main({"kind": status, "error": error})
+    except RankLostError as err:
+        return _orphaned(world, err)
     if status == "failed":
         return 70
     return signals.exit_code() or (130 if status == "stopped" else 0)
+
+
+def _orphaned(world: World, err: RankLostError) -> int:
+    """A worker whose rank 0 is gone: one line, and the error exit (what finished is in rank 0's staging folder)."""
+    terminal.error(f"rank {world.rank} ({world.host}): {err}; the cells that ended are in rank 0's output or its "
+                   "staging folder, which --resume reads")
+    return 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -392,7 +400,7 @@ class ShardedOutcome:
         parts = []
         for rank, cells in sorted(self.lost.items()):
             load = self.loads[rank]
-            how = f"failed ({load.error})" if load.status == "failed" else "went away"
+            how = {"failed": f"failed ({load.error})", "silent": "stopped answering"}.get(load.status, "went away")
             listed = ", ".join(cells[:4]) + (f" and {len(cells) - 4} more" if len(cells) > 4 else "")
             parts.append(f"rank {rank} ({load.host}, {load.device}) {how} with {len(cells)} cells unfinished"
                          + (f": {listed}" if cells else ""))
@@ -419,7 +427,10 @@ class MainRank:
         """Rank 0 could not prepare the plan: tell the workers still waiting for their shares, so they stop."""
         if not self.announced:
             self.announced = True
-            broadcast_bytes(json.dumps({"error": "rank 0 stopped"}).encode("utf-8"), 0)
+            try:
+                broadcast_bytes(json.dumps({"error": "rank 0 stopped"}).encode("utf-8"), 0)
+            except RankLostError:  # a worker is gone already; the others see rank 0 go
+                pass
 
     def run(self, jobs: list[PageJob], progress: Callable[[int], None],
             page_done: PageDone | None = None) -> ShardedOutcome:
@@ -435,8 +446,10 @@ class MainRank:
                                 {})
         share_references(self.world, engines, assignment, {name: job.engine for name, job in self.jobs.items()})
         for name, owner in assignment.references.items():
+            reference = self.jobs[name].engine.reference
             self.loads[owner].references += 1
-            self.loads[owner].busy_seconds += self.jobs[name].engine.reference.seconds
+            self.loads[owner].busy_seconds += reference.seconds
+            progress(reference.model_calls)
         self.inbox = Inbox(self.world)
         stopped = False
         try:
@@ -489,7 +502,7 @@ class MainRank:
                 self._lose(message.source, message.header["error"])
 
     def _lose(self, rank: int, error: str) -> None:
-        """A rank gone before its last message: busy, as far as rank 0 can tell, until it went."""
+        """A rank gone before its last message (its connection broke)."""
         self.loads[rank].status, self.loads[rank].error = "lost", error
 
     def _wait_for_workers(self, stopped: bool) -> bool:
@@ -503,8 +516,8 @@ class MainRank:
                 self._handle(self.inbox.take(timeout=0.2))
             except KeyboardInterrupt:
                 stop_time = stop_time or time.monotonic()
-        for rank in sorted(self.inbox.open):  # silent after the stop: counted as gone
-            self._lose(rank, "no answer after the stop")
+        for rank in sorted(self.inbox.open):  # no last message in DRAIN_SECONDS after the stop: counted as gone
+            self.loads[rank].status = "silent"
         return stop_time is not None or any(load.status in ("stopped", "lost") for load in self.loads)
 
     def _page_report(self, job: PageJob, interrupted: bool) -> EngineReport:
@@ -519,7 +532,7 @@ class MainRank:
 
     def _outcome(self, wall: float, stopped: bool) -> ShardedOutcome:
         lost: dict[int, list[str]] = {}
-        lost_ranks = {load.rank for load in self.loads if load.status in ("lost", "failed")}
+        lost_ranks = {load.rank for load in self.loads if load.status in ("lost", "failed", "silent")}
         for name, job in self.jobs.items():
             for result in job.engine.results:
                 if result.status in ("ok", "failed"):

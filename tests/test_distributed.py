@@ -44,7 +44,13 @@ def torchrun(cwd: Path, *args: str, ranks: int = 2, **extra: str) -> subprocess.
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
-    stdout, stderr = process.communicate(timeout=timeout)
+    """The process's exit code and output; killed (and the test failed) when it outlives ``timeout``."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
     return process.returncode, stdout, stderr
 
 
