@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import socket
 import struct
 import threading
@@ -132,7 +133,7 @@ def _peers_needed(what: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as err:
-        raise RankLostError(f"a rank went away while the ranks {what} ({' '.join(str(err).split())[:160]})") from None
+        raise RankLostError(f"a rank went away while the ranks {what} ({gloo_reason(err)})") from None
 
 
 def all_gather_bytes(data: bytes, world: World) -> list[bytes]:
@@ -171,6 +172,12 @@ def _broadcast_bytes(data: bytes | None, source: int) -> bytes:
     return buffer.numpy().tobytes()
 
 
+def gloo_reason(err: BaseException) -> str:
+    """gloo's error without its source location and advice: 'Connection closed by peer [10.0.0.2]:40011'."""
+    text = re.sub(r"^\[[^\]]*\.cc:\d+\]\s*", "", " ".join(str(err).split()))
+    return text.split(". This is typically")[0][:200]
+
+
 def send_to_main(header: dict[str, Any], blobs: Sequence[bytes] = ()) -> None:
     """Send one message to rank 0 (blocking until it is delivered: rank 0 always listens)."""
     import torch.distributed as dist
@@ -180,7 +187,7 @@ def send_to_main(header: dict[str, Any], blobs: Sequence[bytes] = ()) -> None:
         dist.send(torch.tensor([frame.numel()], dtype=torch.int64), dst=0)
         dist.send(frame, dst=0)
     except RuntimeError as err:  # gloo: the connection to rank 0 closed
-        raise RankLostError(f"rank 0 went away ({' '.join(str(err).split())[:200]})") from None
+        raise RankLostError(f"rank 0 went away ({gloo_reason(err)})") from None
 
 
 @dataclass
@@ -223,7 +230,7 @@ class Inbox:
                 if header["kind"] in FINAL_KINDS:
                     return
         except Exception as err:  # gloo's "Connection closed by peer": the process or its node is gone
-            self.queue.put(Message(source, {"kind": "lost", "error": " ".join(str(err).split())[:300]}))
+            self.queue.put(Message(source, {"kind": "lost", "error": gloo_reason(err)}))
 
     def take(self, timeout: float = 0.0) -> list[Message]:
         """The messages that came, waiting up to ``timeout`` seconds for the first when none has."""

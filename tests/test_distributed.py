@@ -19,7 +19,7 @@ from PIL import Image
 from test_interrupts import start, wait_for
 from tiny_sd import build_tiny_sd
 
-from schedcmp.distributed import pack, share_by_calls, tensor_blob, unpack
+from schedcmp.distributed import gloo_reason, pack, share_by_calls, tensor_blob, unpack
 from schedcmp.launch import without_workers_flag
 
 SWEEP = ("--schedulers", "euler,heun,dpm,Euler a", "--steps", "5,10", "--seeds", "1-3")
@@ -123,6 +123,12 @@ def test_tensors_cross_between_ranks_bit_for_bit(dtype) -> None:
 
     back = blob_tensor(header["latents"], blobs[1], torch.device("cpu"))
     assert blobs[0] == b"image" and back.dtype == dtype and torch.equal(back, tensor)
+
+
+def test_a_broken_connection_reads_as_gloo_says_it_without_its_source_line() -> None:
+    error = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                         "[127.0.0.1]:25497. This is typically caused by a remote worker crashing. Check the logs")
+    assert gloo_reason(error) == "Connection closed by peer [127.0.0.1]:25497"
 
 
 @pytest.mark.parametrize(("argv", "rest"), [
