@@ -272,10 +272,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _world(cwd: Path, per_rank: list[list[str]]) -> list[tuple[int, str, str]]:
-    """Start the ranks of a world by hand (what torchrun's rendezvous sets up), each with its own arguments."""
+def _world(cwd: Path | list[Path], per_rank: list[list[str]]) -> list[tuple[int, str, str]]:
+    """Start the ranks of a world by hand (what torchrun's rendezvous sets up), each with its own arguments (and
+    working folder, when given one per rank)."""
     port = str(_free_port())
-    processes = [subprocess.Popen([sys.executable, "-m", "schedcmp", "run", *args], cwd=cwd, text=True,
+    folders = cwd if isinstance(cwd, list) else [cwd] * len(per_rank)
+    processes = [subprocess.Popen([sys.executable, "-m", "schedcmp", "run", *args], cwd=folders[rank], text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   env=_environment(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2",
                                                    RANK=str(rank), LOCAL_RANK=str(rank)))
@@ -292,6 +294,33 @@ def test_ranks_with_different_plans_are_refused(tmp_path: Path) -> None:
                              "plan digest ")
     assert stderr.rstrip().endswith("start every rank with the same plan, flags and model files")
     assert worker_stderr == "" and not (tmp_path / "out").exists()
+
+
+def test_ranks_with_different_weights_under_one_name_are_refused(tmp_path: Path) -> None:
+    folders = [tmp_path / "node0", tmp_path / "node1"]
+    for seed, folder in enumerate(folders):
+        build_tiny_sd(folder / "sd", seed=seed)  # the same path on each "node", other weights
+    args = ["--model", "sd", "--prompt", "a cat", "--schedulers", "euler", "--steps", "2"]
+    (main, _, stderr), (worker, _, _) = _world(folders, [args, args])
+    assert (main, worker) == (1, 1)
+    host = socket.gethostname()
+    assert stderr.startswith(f"error: rank 1 ({host}) has another model weights than rank 0 ({host}): weights digest ")
+
+
+def test_two_nodes_by_torchruns_static_rendezvous(tmp_path: Path, single_sweep: Path) -> None:
+    # the README's two-node commands, both "nodes" on this machine
+    port = str(_free_port())
+    for node in (0, 1):
+        (tmp_path / f"node{node}").mkdir()
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", port, "-m",
+                               "schedcmp", "run", *SWEEP, "--out", "out"], cwd=tmp_path / f"node{node}", text=True,
+                              env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for node in (0, 1)]
+    (code, _, stderr), (other, _, other_stderr) = (finish(node) for node in nodes)
+    assert (code, other) == (0, 0), stderr + other_stderr
+    assert_same_outputs(single_sweep, tmp_path / "node0" / "out")
+    assert not (tmp_path / "node1" / "out").exists()  # only rank 0 writes
 
 
 @pytest.mark.parametrize(("args", "message"), [
