@@ -280,6 +280,8 @@ def _compare(plan: Plan, options: RunOptions, signals: StopSignals, folder: Outp
         terminal.warning(f"the runs that finished are kept in {staging}")
         raise
     _show(summary, written, folder.target, options.json_output)
+    if outcome is not None and not options.json_output:
+        terminal.show(outcome.describe())
     lost = outcome.lost_error(folder.target, "run the same command again for them (a comparison of one page "
                               "runs whole; sweeps resume)") if outcome else None
     if lost is not None:
