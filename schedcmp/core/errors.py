@@ -27,3 +27,7 @@ class WeightsError(SchedcmpError):
 
 class NonFiniteError(SchedcmpError):
     """A computation that produced NaN or infinity (a diverging sampler, broken weights, fp16 overflow)."""
+
+
+class MissingExtraError(SchedcmpError, ImportError):
+    """An optional part of schedcmp whose extra is not installed (the message names the pip command)."""
