@@ -18,10 +18,20 @@ jax = pytest.importorskip("jax", reason="the JAX backend is the optional extra '
 import jax.numpy as jnp  # noqa: E402
 
 from schedcmp.core.errors import ConfigError  # noqa: E402
-from schedcmp.core.flax import FlaxDPMSolverMultistepScheduler  # noqa: E402
-from schedcmp.core.schedulers import DPMSolverMultistepScheduler  # noqa: E402
+from schedcmp.core.flax import (  # noqa: E402
+    FlaxDDIMScheduler,
+    FlaxDPMSolverMultistepScheduler,
+    FlaxEulerDiscreteScheduler,
+)
+from schedcmp.core.schedulers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler  # noqa: E402
 
-PAIRS = {"DPMSolverMultistepScheduler": (DPMSolverMultistepScheduler, FlaxDPMSolverMultistepScheduler)}
+PAIRS = {
+    "DPMSolverMultistepScheduler": (DPMSolverMultistepScheduler, FlaxDPMSolverMultistepScheduler),
+    "DDIMScheduler": (DDIMScheduler, FlaxDDIMScheduler),
+    "EulerDiscreteScheduler": (EulerDiscreteScheduler, FlaxEulerDiscreteScheduler),
+}
+# Step options of the torch classes their Flax twins take too (Euler's churn is the torch class's alone).
+FLAX_STEP_OPTIONS = {"eta", "use_clipped_model_output"}
 SHAPE = (1, 4, 8, 8)
 SDE = ("sde-dpmsolver", "sde-dpmsolver++")
 
@@ -32,7 +42,7 @@ def _cases() -> list:
     for name in PAIRS:
         for case in cases_for(name):
             key = case.id.rsplit("-", 1)[0]  # the id without its model
-            if key not in seen and not case.step_kwargs:
+            if key not in seen and set(dict(case.step_kwargs)) <= FLAX_STEP_OPTIONS:
                 seen.add(key)
                 cases.append(case)
     return cases
@@ -41,6 +51,16 @@ def _cases() -> list:
 def model_output(sample: torch.Tensor, k: int) -> torch.Tensor:
     """A smooth, bounded stand-in for a denoiser, different at every step (so every sampler stays finite)."""
     return 0.8 * torch.tanh(sample) + 0.05 * torch.sin(sample * (k + 1))
+
+
+def assert_close(got: jax.Array, expected: torch.Tensor, where: str, rel: float = 1e-5) -> None:
+    """Equal within ``rel`` of the largest finite value, with infinities and NaNs in the same places (where the
+    torch class overflows, the same config overflows here)."""
+    got, want = np.asarray(got), expected.numpy()
+    assert np.array_equal(np.isfinite(got), np.isfinite(want)), where
+    finite = np.isfinite(want)
+    scale = float(np.abs(want[finite]).max(initial=0.0)) or 1.0
+    assert np.abs(got[finite] - want[finite]).max(initial=0.0) / scale <= rel, where
 
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda case: case.id)
@@ -57,23 +77,29 @@ def test_steps_match_the_torch_scheduler(case) -> None:
             flax_class.from_config(case.config)
         return
     scheduler = flax_class.from_config(case.config)
-    reference.set_timesteps(case.steps)
+    try:
+        reference.set_timesteps(case.steps)
+    except ConfigError as err:  # a schedule the torch class refuses is refused here in the same words
+        with pytest.raises(ConfigError) as refused:
+            scheduler.set_timesteps(scheduler.create_state(), case.steps, SHAPE)
+        assert str(refused.value) == str(err)
+        return
     state = scheduler.set_timesteps(scheduler.create_state(), case.steps, SHAPE)
     assert np.array_equal(np.asarray(state.timesteps), reference.timesteps.numpy())
     assert float(state.init_noise_sigma) == pytest.approx(float(reference.init_noise_sigma), rel=1e-6)
     sample = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)) * reference.init_noise_sigma
-    stochastic = reference.config.get("algorithm_type") in SDE
+    options = dict(case.step_kwargs)
+    stochastic = reference.config.get("algorithm_type") in SDE or options.get("eta", 0) > 0
     for k, timestep in enumerate(reference.timesteps):
+        scaled = scheduler.scale_model_input(state, jnp.asarray(sample.numpy()), timestep)
+        assert_close(scaled, reference.scale_model_input(sample, timestep), f"input {k}")
         output = model_output(sample, k)
         noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(100 + k)) if stochastic else None
-        expected = reference.step(output, timestep, sample, variance_noise=noise).prev_sample
-        step = scheduler.step(state, jnp.asarray(output.numpy()), timestep, jnp.asarray(sample.numpy()),
-                              noise=None if noise is None else jnp.asarray(noise.numpy()))
-        got, want = np.asarray(step.prev_sample), expected.numpy()
-        assert np.array_equal(np.isfinite(got), np.isfinite(want)), f"step {k}"
-        finite = np.isfinite(want)
-        scale = float(np.abs(want[finite]).max(initial=0.0)) or 1.0
-        assert np.abs(got[finite] - want[finite]).max(initial=0.0) / scale <= 1e-5, f"step {k}"
+        expected = reference.step(output, timestep, sample, **options,
+                                  **({"variance_noise": noise} if stochastic else {})).prev_sample
+        step = scheduler.step(state, jnp.asarray(output.numpy()), timestep, jnp.asarray(sample.numpy()), **options,
+                              **({"noise": jnp.asarray(noise.numpy())} if stochastic else {}))
+        assert_close(step.prev_sample, expected, f"step {k}")
         sample, state = expected, step.state  # step by step: both go on from the torch sample
 
 
@@ -96,8 +122,13 @@ def _sd15(**options) -> FlaxDPMSolverMultistepScheduler:
     return FlaxDPMSolverMultistepScheduler.from_config(BASE_CONFIGS["sd15"], **options)
 
 
-def test_one_compile_serves_every_step_count() -> None:
-    scheduler = _sd15(use_karras_sigmas=True)
+@pytest.mark.parametrize(("flax_class", "options"), [
+    (FlaxDPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    (FlaxDDIMScheduler, {"timestep_spacing": "trailing"}),
+    (FlaxEulerDiscreteScheduler, {"prediction_type": "v_prediction"}),
+], ids=lambda value: getattr(value, "__name__", str(value)))
+def test_one_compile_serves_every_step_count(flax_class, options) -> None:
+    scheduler = flax_class.from_config(BASE_CONFIGS["sd15"], **options)
     compiled = jax.jit(_sampler(scheduler))
     for steps in (10, 20, 30):
         state = scheduler.set_timesteps(scheduler.create_state(), steps, SHAPE, pad_to=50)

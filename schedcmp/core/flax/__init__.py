@@ -17,8 +17,11 @@ except ImportError:  # pragma: no cover - the extra is installed in CI
     raise MissingExtraError("schedcmp.core.flax needs jax: pip install 'schedcmp[jax]' (jax needs Python >= 3.11)"
                             ) from None
 
+from .ddim import DDIMSchedulerState, FlaxDDIMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepSchedulerState, FlaxDPMSolverMultistepScheduler
+from .euler import EulerDiscreteSchedulerState, FlaxEulerDiscreteScheduler
 from .scheduling import FlaxSchedulerMixin, FlaxSchedulerOutput
 
-__all__ = ["DPMSolverMultistepSchedulerState", "FlaxDPMSolverMultistepScheduler", "FlaxSchedulerMixin",
+__all__ = ["DDIMSchedulerState", "DPMSolverMultistepSchedulerState", "EulerDiscreteSchedulerState",
+           "FlaxDDIMScheduler", "FlaxDPMSolverMultistepScheduler", "FlaxEulerDiscreteScheduler", "FlaxSchedulerMixin",
            "FlaxSchedulerOutput"]

@@ -1,0 +1,89 @@
+"""Euler on the probability-flow ODE in sigma space, in jax.numpy: Karras, Aittala, Aila & Laine 2022,
+"Elucidating the Design Space of Diffusion-Based Generative Models" (arXiv:2206.00364), Algorithm 2 without the
+Heun correction or churn. The torch core's EulerDiscreteScheduler supplies the sigmas and the per-step factors,
+so every option (grids, interpolation, continuous timesteps, final_sigmas_type) holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ..schedulers.euler import EulerDiscreteScheduler
+from .scheduling import FlaxSchedulerMixin, padded
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class EulerDiscreteSchedulerState:
+    """Per-step sigma, c_in's divisor, the step to the next sigma and v-prediction's factors, padded."""
+
+    alphas_cumprod: jax.Array  # [T] the training schedule
+    timesteps: jax.Array  # [N] float32 (fractional where the grid is)
+    sigmas: jax.Array  # [N + 1]
+    num_inference_steps: jax.Array
+    init_noise_sigma: jax.Array
+    input_scale: jax.Array  # [N] sqrt(sigma^2 + 1), Karras et al. 2022 Table 1's 1 / c_in
+    dt: jax.Array  # [N] sigma_{i+1} - sigma_i
+    c_out: jax.Array  # [N] v-prediction: -sigma / sqrt(sigma^2 + 1)
+    c_den: jax.Array  # [N] v-prediction: sigma^2 + 1
+    step_index: jax.Array
+    prediction_type: str = field(default="epsilon", metadata={"static": True})
+
+
+class FlaxEulerDiscreteScheduler(FlaxSchedulerMixin):
+    """Euler steps on sigma = sqrt((1 - abar) / abar), the "Euler" sampler of k-diffusion and A1111."""
+
+    torch_class = EulerDiscreteScheduler
+
+    def create_state(self) -> EulerDiscreteSchedulerState:
+        """The state before ``set_timesteps``: the training schedule and empty tables."""
+        empty = jnp.zeros((0,), jnp.float32)
+        return EulerDiscreteSchedulerState(
+            alphas_cumprod=jnp.asarray(self._torch.alphas_cumprod.numpy(), jnp.float32), timesteps=empty,
+            sigmas=empty, num_inference_steps=jnp.int32(0), init_noise_sigma=jnp.float32(1.0), input_scale=empty,
+            dt=empty, c_out=empty, c_den=empty, step_index=jnp.int32(0), prediction_type=self.config.prediction_type)
+
+    def set_timesteps(self, state: EulerDiscreteSchedulerState, num_inference_steps: int,
+                      shape: tuple[int, ...] = (), pad_to: int | None = None) -> EulerDiscreteSchedulerState:
+        """The sampling sigmas and every step's factors (``pad_to`` rows: see the DPM-Solver state)."""
+        euler = self._host_schedule(num_inference_steps)
+        sigmas = euler.sigmas.numpy()  # [N + 1] (one more with a log-linear grid of one step, as in diffusers)
+        count = len(euler.timesteps)
+        rows = pad_to or count
+        model_sigmas = sigmas[:count]
+        return self.replace(
+            state, timesteps=padded(euler.timesteps.numpy(), rows, jnp.float32),
+            sigmas=padded(sigmas, rows + len(sigmas) - count, jnp.float32), num_inference_steps=jnp.int32(count),
+            init_noise_sigma=jnp.float32(euler.init_noise_sigma),
+            input_scale=padded([float(s) for s in euler._input_scale][:count], rows, jnp.float32, 1.0),
+            dt=padded(sigmas[1:count + 1] - model_sigmas, rows, jnp.float32),
+            c_out=padded(-model_sigmas / (model_sigmas**2 + 1) ** 0.5, rows, jnp.float32),
+            c_den=padded(model_sigmas**2 + 1, rows, jnp.float32, 1.0), step_index=jnp.int32(0))
+
+    def scale_model_input(self, state: EulerDiscreteSchedulerState, sample: jax.Array,
+                          timestep: Any = None) -> jax.Array:
+        """x / sqrt(sigma^2 + 1) at the state's step (Karras et al. 2022 Table 1, c_in)."""
+        return sample / state.input_scale[state.step_index]
+
+    def step(self, state: EulerDiscreteSchedulerState, model_output: jax.Array, timestep: Any, sample: jax.Array,
+             key: jax.Array | None = None, return_dict: bool = True) -> Any:
+        """One Euler step from sigma_i to sigma_{i+1} (Karras et al. 2022 Alg. 2 lines 7-8, no churn)."""
+        # Notation (Karras et al. 2022): x the sample at sigma_i; x0 = D(x; sigma_i); d = (x - x0) / sigma_i.
+        i = state.step_index
+        sigma = state.sigmas[i]
+        x = sample.astype(jnp.float32)
+
+        # 1. x0 from the model output: eps, v (Salimans & Ho 2022 sec. 4, in sigma form) or x0 itself
+        if state.prediction_type == "epsilon":
+            x0 = x - model_output * sigma
+        elif state.prediction_type == "v_prediction":
+            x0 = model_output * state.c_out[i] + x / state.c_den[i]
+        else:
+            x0 = model_output
+
+        # 2. x_{i+1} = x + (sigma_{i+1} - sigma_i) d, d = (x - x0) / sigma_i (eq. 3), in diffusers' order
+        prev = ((x - x0) / sigma) * state.dt[i] + x
+        return self._output(prev.astype(model_output.dtype), self.replace(state, step_index=i + 1), return_dict)
