@@ -21,15 +21,23 @@ from schedcmp.core.errors import ConfigError  # noqa: E402
 from schedcmp.core.flax import (  # noqa: E402
     FlaxDDIMScheduler,
     FlaxDPMSolverMultistepScheduler,
+    FlaxEulerAncestralDiscreteScheduler,
     FlaxEulerDiscreteScheduler,
 )
-from schedcmp.core.schedulers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler  # noqa: E402
+from schedcmp.core.schedulers import (  # noqa: E402
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+)
 
 PAIRS = {
     "DPMSolverMultistepScheduler": (DPMSolverMultistepScheduler, FlaxDPMSolverMultistepScheduler),
     "DDIMScheduler": (DDIMScheduler, FlaxDDIMScheduler),
     "EulerDiscreteScheduler": (EulerDiscreteScheduler, FlaxEulerDiscreteScheduler),
+    "EulerAncestralDiscreteScheduler": (EulerAncestralDiscreteScheduler, FlaxEulerAncestralDiscreteScheduler),
 }
+ANCESTRAL = (EulerAncestralDiscreteScheduler,)
 # Step options of the torch classes their Flax twins take too (Euler's churn is the torch class's alone).
 FLAX_STEP_OPTIONS = {"eta", "use_clipped_model_output"}
 SHAPE = (1, 4, 8, 8)
@@ -89,18 +97,29 @@ def test_steps_match_the_torch_scheduler(case) -> None:
     assert float(state.init_noise_sigma) == pytest.approx(float(reference.init_noise_sigma), rel=1e-6)
     sample = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)) * reference.init_noise_sigma
     options = dict(case.step_kwargs)
-    stochastic = reference.config.get("algorithm_type") in SDE or options.get("eta", 0) > 0
+    stochastic = (reference.config.get("algorithm_type") in SDE or options.get("eta", 0) > 0
+                  or isinstance(reference, ANCESTRAL))
     for k, timestep in enumerate(reference.timesteps):
         scaled = scheduler.scale_model_input(state, jnp.asarray(sample.numpy()), timestep)
         assert_close(scaled, reference.scale_model_input(sample, timestep), f"input {k}")
         output = model_output(sample, k)
         noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(100 + k)) if stochastic else None
-        expected = reference.step(output, timestep, sample, **options,
-                                  **({"variance_noise": noise} if stochastic else {})).prev_sample
+        expected = _torch_step(reference, output, timestep, sample, options, noise)
         step = scheduler.step(state, jnp.asarray(output.numpy()), timestep, jnp.asarray(sample.numpy()), **options,
                               **({"noise": jnp.asarray(noise.numpy())} if stochastic else {}))
         assert_close(step.prev_sample, expected, f"step {k}")
         sample, state = expected, step.state  # step by step: both go on from the torch sample
+
+
+def _torch_step(reference, output, timestep, sample, options, noise):
+    """The torch class's step with the given noise: as variance_noise, or (Euler a, which has no such argument)
+    from a generator seeded as the noise's was, which yields exactly it."""
+    if noise is None:
+        return reference.step(output, timestep, sample, **options).prev_sample
+    if isinstance(reference, ANCESTRAL):
+        generator = torch.Generator().manual_seed(100 + reference.step_index)
+        return reference.step(output, timestep, sample, generator=generator).prev_sample
+    return reference.step(output, timestep, sample, **options, variance_noise=noise).prev_sample
 
 
 def _sampler(scheduler, key=None):

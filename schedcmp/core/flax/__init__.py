@@ -19,9 +19,9 @@ except ImportError:  # pragma: no cover - the extra is installed in CI
 
 from .ddim import DDIMSchedulerState, FlaxDDIMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepSchedulerState, FlaxDPMSolverMultistepScheduler
-from .euler import EulerDiscreteSchedulerState, FlaxEulerDiscreteScheduler
+from .euler import EulerDiscreteSchedulerState, FlaxEulerAncestralDiscreteScheduler, FlaxEulerDiscreteScheduler
 from .scheduling import FlaxSchedulerMixin, FlaxSchedulerOutput
 
 __all__ = ["DDIMSchedulerState", "DPMSolverMultistepSchedulerState", "EulerDiscreteSchedulerState",
-           "FlaxDDIMScheduler", "FlaxDPMSolverMultistepScheduler", "FlaxEulerDiscreteScheduler", "FlaxSchedulerMixin",
-           "FlaxSchedulerOutput"]
+           "FlaxDDIMScheduler", "FlaxDPMSolverMultistepScheduler", "FlaxEulerAncestralDiscreteScheduler",
+           "FlaxEulerDiscreteScheduler", "FlaxSchedulerMixin", "FlaxSchedulerOutput"]
