@@ -23,12 +23,14 @@ from schedcmp.core.flax import (  # noqa: E402
     FlaxDPMSolverMultistepScheduler,
     FlaxEulerAncestralDiscreteScheduler,
     FlaxEulerDiscreteScheduler,
+    FlaxLMSDiscreteScheduler,
 )
 from schedcmp.core.schedulers import (  # noqa: E402
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
 )
 
 PAIRS = {
@@ -36,6 +38,7 @@ PAIRS = {
     "DDIMScheduler": (DDIMScheduler, FlaxDDIMScheduler),
     "EulerDiscreteScheduler": (EulerDiscreteScheduler, FlaxEulerDiscreteScheduler),
     "EulerAncestralDiscreteScheduler": (EulerAncestralDiscreteScheduler, FlaxEulerAncestralDiscreteScheduler),
+    "LMSDiscreteScheduler": (LMSDiscreteScheduler, FlaxLMSDiscreteScheduler),
 }
 ANCESTRAL = (EulerAncestralDiscreteScheduler,)
 # Step options of the torch classes their Flax twins take too (Euler's churn is the torch class's alone).
@@ -127,7 +130,8 @@ def _sampler(scheduler, key=None):
     def sample(state, x):
         def body(k, carry):
             x, state = carry
-            out = scheduler.step(state, 0.1 * x + 0.05 * jnp.sin(x * (k + 1)), state.timesteps[k], x, key=key)
+            out = scheduler.step(state, 0.1 * x + 0.05 * jnp.sin(x * (k + 1)), state.timesteps[k], x,
+                                 **({} if key is None else {"key": key}))
             return out.prev_sample, out.state
         return jax.lax.fori_loop(0, state.num_inference_steps, body, (x, state))[0]
     return sample
@@ -145,6 +149,7 @@ def _sd15(**options) -> FlaxDPMSolverMultistepScheduler:
     (FlaxDPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
     (FlaxDDIMScheduler, {"timestep_spacing": "trailing"}),
     (FlaxEulerDiscreteScheduler, {"prediction_type": "v_prediction"}),
+    (FlaxLMSDiscreteScheduler, {"use_karras_sigmas": True}),
 ], ids=lambda value: getattr(value, "__name__", str(value)))
 def test_one_compile_serves_every_step_count(flax_class, options) -> None:
     scheduler = flax_class.from_config(BASE_CONFIGS["sd15"], **options)

@@ -20,8 +20,10 @@ except ImportError:  # pragma: no cover - the extra is installed in CI
 from .ddim import DDIMSchedulerState, FlaxDDIMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepSchedulerState, FlaxDPMSolverMultistepScheduler
 from .euler import EulerDiscreteSchedulerState, FlaxEulerAncestralDiscreteScheduler, FlaxEulerDiscreteScheduler
+from .lms import FlaxLMSDiscreteScheduler, LMSDiscreteSchedulerState
 from .scheduling import FlaxSchedulerMixin, FlaxSchedulerOutput
 
 __all__ = ["DDIMSchedulerState", "DPMSolverMultistepSchedulerState", "EulerDiscreteSchedulerState",
            "FlaxDDIMScheduler", "FlaxDPMSolverMultistepScheduler", "FlaxEulerAncestralDiscreteScheduler",
-           "FlaxEulerDiscreteScheduler", "FlaxSchedulerMixin", "FlaxSchedulerOutput"]
+           "FlaxEulerDiscreteScheduler", "FlaxLMSDiscreteScheduler", "FlaxSchedulerMixin", "FlaxSchedulerOutput",
+           "LMSDiscreteSchedulerState"]

@@ -39,6 +39,25 @@ class EulerDiscreteSchedulerState:
     ancestral: bool = field(default=False, metadata={"static": True})
 
 
+def sigma_space_x0(state: Any, model_output: jax.Array, x: jax.Array, i: jax.Array) -> jax.Array:
+    """x0 at step ``i`` from an eps prediction (x - sigma eps), a v prediction (Salimans & Ho 2022 sec. 4, in sigma
+    form: out c_out + x / c_den) or x0 itself; ``state`` has the per-step ``sigma``, ``c_out`` and ``c_den``."""
+    if state.prediction_type == "epsilon":
+        return x - model_output * state.sigma[i]
+    if state.prediction_type == "v_prediction":
+        return model_output * state.c_out[i] + x / state.c_den[i]
+    return model_output
+
+
+def sigma_space_tables(model_sigmas: np.ndarray, rows: int) -> dict[str, jax.Array]:
+    """The per-step model sigma, c_in's divisor and v-prediction's factors, float32 as the torch core makes them."""
+    sigmas = np.asarray(model_sigmas, np.float32)
+    return {"sigma": padded(sigmas, rows, jnp.float32, 1.0),
+            "input_scale": padded((sigmas**2 + 1) ** 0.5, rows, jnp.float32, 1.0),
+            "c_out": padded(-sigmas / (sigmas**2 + 1) ** 0.5, rows, jnp.float32),
+            "c_den": padded(sigmas**2 + 1, rows, jnp.float32, 1.0)}
+
+
 class FlaxEulerDiscreteScheduler(FlaxSchedulerMixin):
     """Euler steps on sigma = sqrt((1 - abar) / abar), the "Euler" sampler of k-diffusion and A1111."""
 
@@ -71,11 +90,9 @@ class FlaxEulerDiscreteScheduler(FlaxSchedulerMixin):
         return self.replace(
             state, timesteps=padded(euler.timesteps.numpy(), rows, jnp.float32),
             sigmas=padded(sigmas, rows + len(sigmas) - count, jnp.float32), num_inference_steps=jnp.int32(count),
-            init_noise_sigma=jnp.float32(euler.init_noise_sigma), sigma=padded(model_sigmas, rows, jnp.float32, 1.0),
-            input_scale=padded([float(s) for s in euler._input_scale][:count], rows, jnp.float32, 1.0),
-            dt=padded(dt, rows, jnp.float32), sigma_up=padded(sigma_up, rows, jnp.float32),
-            c_out=padded(-model_sigmas / (model_sigmas**2 + 1) ** 0.5, rows, jnp.float32),
-            c_den=padded(model_sigmas**2 + 1, rows, jnp.float32, 1.0), step_index=jnp.int32(0))
+            init_noise_sigma=jnp.float32(euler.init_noise_sigma), dt=padded(dt, rows, jnp.float32),
+            sigma_up=padded(sigma_up, rows, jnp.float32), step_index=jnp.int32(0),
+            **sigma_space_tables(model_sigmas, rows))
 
     def scale_model_input(self, state: EulerDiscreteSchedulerState, sample: jax.Array,
                           timestep: Any = None) -> jax.Array:
@@ -94,12 +111,7 @@ class FlaxEulerDiscreteScheduler(FlaxSchedulerMixin):
         x = sample.astype(jnp.float32)
 
         # 1. x0 from the model output: eps, v (Salimans & Ho 2022 sec. 4, in sigma form) or x0 itself
-        if state.prediction_type == "epsilon":
-            x0 = x - model_output * sigma
-        elif state.prediction_type == "v_prediction":
-            x0 = model_output * state.c_out[i] + x / state.c_den[i]
-        else:
-            x0 = model_output
+        x0 = sigma_space_x0(state, model_output, x, i)
 
         # 2. x_{i+1} = x + (sigma_{i+1} - sigma_i) d, d = (x - x0) / sigma_i (eq. 3), in diffusers' order
         prev = ((x - x0) / sigma) * state.dt[i] + x
