@@ -262,8 +262,10 @@ def test_workers_run_the_ranks_and_ctrl_c_stops_them_all(tmp_path: Path) -> None
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert stderr.splitlines()[-1] == "interrupted: wrote the pages that finished to out"
-    statuses = [load["status"] for load in json.loads((tmp_path / "out" / "sweep.json").read_text())["ranks"]["ranks"]]
-    assert statuses == ["stopped", "stopped"]
+    sweep = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    rank0, rank1 = (load["status"] for load in sweep["ranks"]["ranks"])
+    assert not sweep["complete"] and rank1 == "stopped"
+    assert rank0 in ("stopped", "done")  # rank 0 may have ended its share and been waiting for rank 1's
 
 
 def _free_port() -> int:
