@@ -20,6 +20,7 @@ import jax.numpy as jnp  # noqa: E402
 from schedcmp.core.errors import ConfigError  # noqa: E402
 from schedcmp.core.flax import (  # noqa: E402
     FlaxDDIMScheduler,
+    FlaxDDPMScheduler,
     FlaxDPMSolverMultistepScheduler,
     FlaxEulerAncestralDiscreteScheduler,
     FlaxEulerDiscreteScheduler,
@@ -27,6 +28,7 @@ from schedcmp.core.flax import (  # noqa: E402
 )
 from schedcmp.core.schedulers import (  # noqa: E402
     DDIMScheduler,
+    DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
@@ -39,8 +41,9 @@ PAIRS = {
     "EulerDiscreteScheduler": (EulerDiscreteScheduler, FlaxEulerDiscreteScheduler),
     "EulerAncestralDiscreteScheduler": (EulerAncestralDiscreteScheduler, FlaxEulerAncestralDiscreteScheduler),
     "LMSDiscreteScheduler": (LMSDiscreteScheduler, FlaxLMSDiscreteScheduler),
+    "DDPMScheduler": (DDPMScheduler, FlaxDDPMScheduler),
 }
-ANCESTRAL = (EulerAncestralDiscreteScheduler,)
+ANCESTRAL = (EulerAncestralDiscreteScheduler, DDPMScheduler)  # they draw their noise from a generator only
 # Step options of the torch classes their Flax twins take too (Euler's churn is the torch class's alone).
 FLAX_STEP_OPTIONS = {"eta", "use_clipped_model_output"}
 SHAPE = (1, 4, 8, 8)
@@ -83,7 +86,8 @@ def test_steps_match_the_torch_scheduler(case) -> None:
         with pytest.raises(ConfigError, match="^" + str(err).split(":")[0]):
             flax_class.from_config(case.config)
         return
-    if reference.config.get("variance_type") in ("learned", "learned_range"):
+    learned = reference.config.get("variance_type") in ("learned", "learned_range")
+    if reference.config.get("variance_type") in flax_class.refused.get("variance_type", ()):
         with pytest.raises(ConfigError, match="is not available in the JAX backend"):
             flax_class.from_config(case.config)
         return
@@ -106,21 +110,23 @@ def test_steps_match_the_torch_scheduler(case) -> None:
         scaled = scheduler.scale_model_input(state, jnp.asarray(sample.numpy()), timestep)
         assert_close(scaled, reference.scale_model_input(sample, timestep), f"input {k}")
         output = model_output(sample, k)
+        if learned:  # a learned-variance model's second half of channels: a variance, or v in [-1, 1]
+            output = torch.cat([output, 0.05 * (1 + torch.tanh(sample))], dim=1)
         noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(100 + k)) if stochastic else None
-        expected = _torch_step(reference, output, timestep, sample, options, noise)
+        expected = _torch_step(reference, output, timestep, sample, options, noise, 100 + k)
         step = scheduler.step(state, jnp.asarray(output.numpy()), timestep, jnp.asarray(sample.numpy()), **options,
                               **({"noise": jnp.asarray(noise.numpy())} if stochastic else {}))
         assert_close(step.prev_sample, expected, f"step {k}")
         sample, state = expected, step.state  # step by step: both go on from the torch sample
 
 
-def _torch_step(reference, output, timestep, sample, options, noise):
-    """The torch class's step with the given noise: as variance_noise, or (Euler a, which has no such argument)
-    from a generator seeded as the noise's was, which yields exactly it."""
+def _torch_step(reference, output, timestep, sample, options, noise, seed):
+    """The torch class's step with the given noise: as variance_noise, or (Euler a and DDPM, which have no such
+    argument) from a generator seeded as the noise's was (``seed``), which yields exactly it."""
     if noise is None:
         return reference.step(output, timestep, sample, **options).prev_sample
     if isinstance(reference, ANCESTRAL):
-        generator = torch.Generator().manual_seed(100 + reference.step_index)
+        generator = torch.Generator().manual_seed(seed)
         return reference.step(output, timestep, sample, generator=generator).prev_sample
     return reference.step(output, timestep, sample, **options, variance_noise=noise).prev_sample
 
@@ -150,13 +156,15 @@ def _sd15(**options) -> FlaxDPMSolverMultistepScheduler:
     (FlaxDDIMScheduler, {"timestep_spacing": "trailing"}),
     (FlaxEulerDiscreteScheduler, {"prediction_type": "v_prediction"}),
     (FlaxLMSDiscreteScheduler, {"use_karras_sigmas": True}),
+    (FlaxDDPMScheduler, {"variance_type": "fixed_large"}),
 ], ids=lambda value: getattr(value, "__name__", str(value)))
 def test_one_compile_serves_every_step_count(flax_class, options) -> None:
     scheduler = flax_class.from_config(BASE_CONFIGS["sd15"], **options)
-    compiled = jax.jit(_sampler(scheduler))
+    key = jax.random.key(0) if flax_class is FlaxDDPMScheduler else None  # the one that draws noise
+    compiled = jax.jit(_sampler(scheduler, key))
     for steps in (10, 20, 30):
         state = scheduler.set_timesteps(scheduler.create_state(), steps, SHAPE, pad_to=50)
-        eager = _sampler(scheduler)(scheduler.set_timesteps(scheduler.create_state(), steps, SHAPE), _noise())
+        eager = _sampler(scheduler, key)(scheduler.set_timesteps(scheduler.create_state(), steps, SHAPE), _noise())
         assert np.abs(np.asarray(compiled(state, _noise())) - np.asarray(eager)).max() <= 1e-5
     assert compiled._cache_size() == 1
 

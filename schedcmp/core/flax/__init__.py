@@ -18,12 +18,24 @@ except ImportError:  # pragma: no cover - the extra is installed in CI
                             ) from None
 
 from .ddim import DDIMSchedulerState, FlaxDDIMScheduler
+from .ddpm import DDPMSchedulerState, FlaxDDPMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepSchedulerState, FlaxDPMSolverMultistepScheduler
 from .euler import EulerDiscreteSchedulerState, FlaxEulerAncestralDiscreteScheduler, FlaxEulerDiscreteScheduler
 from .lms import FlaxLMSDiscreteScheduler, LMSDiscreteSchedulerState
 from .scheduling import FlaxSchedulerMixin, FlaxSchedulerOutput
 
-__all__ = ["DDIMSchedulerState", "DPMSolverMultistepSchedulerState", "EulerDiscreteSchedulerState",
-           "FlaxDDIMScheduler", "FlaxDPMSolverMultistepScheduler", "FlaxEulerAncestralDiscreteScheduler",
-           "FlaxEulerDiscreteScheduler", "FlaxLMSDiscreteScheduler", "FlaxSchedulerMixin", "FlaxSchedulerOutput",
-           "LMSDiscreteSchedulerState"]
+__all__ = [
+    "DDIMSchedulerState",
+    "DDPMSchedulerState",
+    "DPMSolverMultistepSchedulerState",
+    "EulerDiscreteSchedulerState",
+    "FlaxDDIMScheduler",
+    "FlaxDDPMScheduler",
+    "FlaxDPMSolverMultistepScheduler",
+    "FlaxEulerAncestralDiscreteScheduler",
+    "FlaxEulerDiscreteScheduler",
+    "FlaxLMSDiscreteScheduler",
+    "FlaxSchedulerMixin",
+    "FlaxSchedulerOutput",
+    "LMSDiscreteSchedulerState",
+]
