@@ -25,6 +25,7 @@ from schedcmp.core.flax import (  # noqa: E402
     FlaxEulerAncestralDiscreteScheduler,
     FlaxEulerDiscreteScheduler,
     FlaxLMSDiscreteScheduler,
+    FlaxPNDMScheduler,
 )
 from schedcmp.core.schedulers import (  # noqa: E402
     DDIMScheduler,
@@ -33,6 +34,7 @@ from schedcmp.core.schedulers import (  # noqa: E402
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     LMSDiscreteScheduler,
+    PNDMScheduler,
 )
 
 PAIRS = {
@@ -42,6 +44,7 @@ PAIRS = {
     "EulerAncestralDiscreteScheduler": (EulerAncestralDiscreteScheduler, FlaxEulerAncestralDiscreteScheduler),
     "LMSDiscreteScheduler": (LMSDiscreteScheduler, FlaxLMSDiscreteScheduler),
     "DDPMScheduler": (DDPMScheduler, FlaxDDPMScheduler),
+    "PNDMScheduler": (PNDMScheduler, FlaxPNDMScheduler),
 }
 ANCESTRAL = (EulerAncestralDiscreteScheduler, DDPMScheduler)  # they draw their noise from a generator only
 # Step options of the torch classes their Flax twins take too (Euler's churn is the torch class's alone).
@@ -157,6 +160,7 @@ def _sd15(**options) -> FlaxDPMSolverMultistepScheduler:
     (FlaxEulerDiscreteScheduler, {"prediction_type": "v_prediction"}),
     (FlaxLMSDiscreteScheduler, {"use_karras_sigmas": True}),
     (FlaxDDPMScheduler, {"variance_type": "fixed_large"}),
+    (FlaxPNDMScheduler, {"skip_prk_steps": False}),
 ], ids=lambda value: getattr(value, "__name__", str(value)))
 def test_one_compile_serves_every_step_count(flax_class, options) -> None:
     scheduler = flax_class.from_config(BASE_CONFIGS["sd15"], **options)

@@ -22,6 +22,7 @@ from .ddpm import DDPMSchedulerState, FlaxDDPMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepSchedulerState, FlaxDPMSolverMultistepScheduler
 from .euler import EulerDiscreteSchedulerState, FlaxEulerAncestralDiscreteScheduler, FlaxEulerDiscreteScheduler
 from .lms import FlaxLMSDiscreteScheduler, LMSDiscreteSchedulerState
+from .pndm import FlaxPNDMScheduler, PNDMSchedulerState
 from .scheduling import FlaxSchedulerMixin, FlaxSchedulerOutput
 
 __all__ = [
@@ -35,7 +36,9 @@ __all__ = [
     "FlaxEulerAncestralDiscreteScheduler",
     "FlaxEulerDiscreteScheduler",
     "FlaxLMSDiscreteScheduler",
+    "FlaxPNDMScheduler",
     "FlaxSchedulerMixin",
     "FlaxSchedulerOutput",
     "LMSDiscreteSchedulerState",
+    "PNDMSchedulerState",
 ]
