@@ -15,6 +15,58 @@ from ..schedulers.pndm import PNDMScheduler
 from .scheduling import FlaxSchedulerMixin, padded
 
 KINDS = ("rk1", "rk2", "rk3", "rk4", "first", "redo", "ab2", "ab3", "ab4")
+Combined = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]  # eps, x_t, ets, cur_sample, rk_sum
+
+
+def _pushed(ets: jax.Array, out: jax.Array) -> jax.Array:
+    return jnp.concatenate([ets[1:], out[None]])  # e_1 appended, the oldest dropped
+
+
+def _rk1(out: jax.Array, x: jax.Array, ets: jax.Array, cur: jax.Array, rk_sum: jax.Array) -> Combined:
+    """First RK stage: keep x_t and e_1, start the sum e_1 / 6."""
+    return out, x, _pushed(ets, out), x, out * jnp.float32(1 / 6)
+
+
+def _rk_middle(out: jax.Array, x: jax.Array, ets: jax.Array, cur: jax.Array, rk_sum: jax.Array) -> Combined:
+    """Second and third RK stages: from x_t with their own eps, adding e / 3 to the sum."""
+    return out, cur, ets, cur, rk_sum + out * jnp.float32(1 / 3)
+
+
+def _rk4(out: jax.Array, x: jax.Array, ets: jax.Array, cur: jax.Array, rk_sum: jax.Array) -> Combined:
+    """Last RK stage: e' = (e_1 + 2 e_2 + 2 e_3 + e_4) / 6, from x_t."""
+    return rk_sum + out * jnp.float32(1 / 6), cur, ets, cur, rk_sum
+
+
+def _first(out: jax.Array, x: jax.Array, ets: jax.Array, cur: jax.Array, rk_sum: jax.Array) -> Combined:
+    """PLMS start: a plain first-order step, x_t kept for the redo."""
+    return out, x, _pushed(ets, out), x, rk_sum
+
+
+def _redo(out: jax.Array, x: jax.Array, ets: jax.Array, cur: jax.Array, rk_sum: jax.Array) -> Combined:
+    """The first step again from x_t, with the mean of both ends' outputs (not kept)."""
+    return (out + ets[-1]) / 2.0, cur, ets, cur, rk_sum
+
+
+def _ab2(out: jax.Array, x: jax.Array, ets: jax.Array, cur: jax.Array, rk_sum: jax.Array) -> Combined:
+    """(3 e_1 - e_2) / 2."""
+    e = _pushed(ets, out)
+    return (e[-1] * 3.0 - e[-2]) / 2.0, x, e, cur, rk_sum
+
+
+def _ab3(out: jax.Array, x: jax.Array, ets: jax.Array, cur: jax.Array, rk_sum: jax.Array) -> Combined:
+    """(23 e_1 - 16 e_2 + 5 e_3) / 12."""
+    e = _pushed(ets, out)
+    return (e[-1] * 23.0 - e[-2] * 16.0 + e[-3] * 5.0) / 12.0, x, e, cur, rk_sum
+
+
+def _ab4(out: jax.Array, x: jax.Array, ets: jax.Array, cur: jax.Array, rk_sum: jax.Array) -> Combined:
+    """(55 e_1 - 59 e_2 + 37 e_3 - 9 e_4) / 24, written (1 / 24) (...) as diffusers does."""
+    e = _pushed(ets, out)
+    return (e[-1] * 55.0 - e[-2] * 59.0 + e[-3] * 37.0 - e[-4] * 9.0) * jnp.float32(1 / 24), x, e, cur, rk_sum
+
+
+# One function per kind, in KINDS' order; module-level, so jax traces the switch once rather than every call.
+_COMBINE = (_rk1, _rk_middle, _rk_middle, _rk4, _first, _redo, _ab2, _ab3, _ab4)
 
 
 @jax.tree_util.register_dataclass
@@ -83,30 +135,10 @@ class FlaxPNDMScheduler(FlaxSchedulerMixin):
         # (the block start for RK stages and the PLMS redo); phi(x, e) = sqrt(abar_prev / abar_t) x
         # - (abar_prev - abar_t) e / denominator (eq. 9).
         i = state.step_index
-        out, ets, cur, rk_sum = model_output, state.ets, state.cur_sample, state.rk_sum
-        pushed = jnp.concatenate([ets[1:], out[None]])  # e_1 appended
 
         # 1. combine the model outputs into the eps phi takes, and what the history keeps, per kind of call
-        def ab(order: int) -> Any:
-            e = pushed
-            if order == 2:  # (3 e_1 - e_2) / 2
-                eps = (e[-1] * 3.0 - e[-2]) / 2.0
-            elif order == 3:  # (23 e_1 - 16 e_2 + 5 e_3) / 12
-                eps = (e[-1] * 23.0 - e[-2] * 16.0 + e[-3] * 5.0) / 12.0
-            else:  # (55 e_1 - 59 e_2 + 37 e_3 - 9 e_4) / 24, written (1 / 24) (...) as diffusers does
-                eps = (e[-1] * 55.0 - e[-2] * 59.0 + e[-3] * 37.0 - e[-4] * 9.0) * jnp.float32(1 / 24)
-            return eps, sample, pushed, cur, rk_sum
-
-        branches = [
-            lambda: (out, sample, pushed, sample, out * jnp.float32(1 / 6)),  # rk1: keep x_t and e_1
-            lambda: (out, cur, ets, cur, rk_sum + out * jnp.float32(1 / 3)),  # rk2: from x_t with its own eps
-            lambda: (out, cur, ets, cur, rk_sum + out * jnp.float32(1 / 3)),  # rk3
-            lambda: (rk_sum + out * jnp.float32(1 / 6), cur, ets, cur, rk_sum),  # rk4: (e_1 + 2e_2 + 2e_3 + e_4) / 6
-            lambda: (out, sample, pushed, sample, rk_sum),  # first: a plain step, x_t kept for the redo
-            lambda: ((out + ets[-1]) / 2.0, cur, ets, cur, rk_sum),  # redo: the mean of both ends, from x_t
-            lambda: ab(2), lambda: ab(3), lambda: ab(4),
-        ]
-        eps, base, ets, cur, rk_sum = jax.lax.switch(state.kind[i], branches)
+        eps, base, ets, cur, rk_sum = jax.lax.switch(state.kind[i], _COMBINE, model_output, sample, state.ets,
+                                                     state.cur_sample, state.rk_sum)
 
         # 2. v-prediction: the combined output as eps at t (diffusers converts after combining)
         if state.prediction_type == "v_prediction":
