@@ -105,19 +105,24 @@ def _file_fingerprint(path: Path) -> list[Any]:
     return [size, digest.hexdigest()]
 
 
+def _folder_fingerprint(folder: Path) -> list[Any]:
+    """A diffusers folder's configs and weight files: each one's path in it and fingerprint."""
+    return [[str(p.relative_to(folder)), _file_fingerprint(p)] for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix in (".safetensors", ".json", ".bin", ".txt")]
+
+
 def weights_fingerprint(model: str, pipeline: DiffusionPipeline, vae: str | None) -> str:
     """The weights' identity: a checkpoint file's sha256 (computed at load), a folder's configs and its weight
-    files' fingerprints, or the built-in model's name; with a swapped VAE's."""
+    files' fingerprints, or the built-in model's name; with a swapped VAE's (its file's sha256, or its folder's)."""
     provenance = pipeline.provenance or {}
-    parts: list[Any] = [provenance.get("sha256") or model]
     folder = Path(model).expanduser()
+    parts: list[Any] = [provenance.get("sha256") or model]
     if "sha256" not in provenance and folder.is_dir():
-        parts = [[str(p.relative_to(folder)), _file_fingerprint(p)] for p in sorted(folder.rglob("*"))
-                 if p.is_file() and p.suffix in (".safetensors", ".json", ".bin", ".txt")]
+        parts = _folder_fingerprint(folder)
     if vae is not None:
         vae_path = Path(vae).expanduser()
         parts.append((provenance.get("vae") or {}).get("sha256") or (
-            _file_fingerprint(vae_path) if vae_path.is_file() else weights_fingerprint(vae, pipeline, None)))
+            _file_fingerprint(vae_path) if vae_path.is_file() else _folder_fingerprint(vae_path)))
     return _digest(parts)
 
 
