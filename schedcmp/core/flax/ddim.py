@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from ..schedulers.ddim import DDIMScheduler
 from .scheduling import FlaxSchedulerMixin, padded
-from .thresholding import dynamic_threshold
+from .thresholding import bounded_x0, x0_bounds
 
 
 @jax.tree_util.register_dataclass
@@ -47,8 +47,7 @@ class FlaxDDIMScheduler(FlaxSchedulerMixin):
             timesteps=jnp.zeros((0,), jnp.int32), num_inference_steps=jnp.int32(0), init_noise_sigma=jnp.float32(1.0),
             sqrt_alpha_bar=empty, sqrt_beta_bar=empty, alpha_bar_prev=empty, variance=empty, step_index=jnp.int32(0),
             prediction_type=config.prediction_type,
-            threshold=(config.dynamic_thresholding_ratio, config.sample_max_value) if config.thresholding else None,
-            clip_range=config.clip_sample_range if config.clip_sample and not config.thresholding else None)
+            **x0_bounds(config))
 
     def set_timesteps(self, state: DDIMSchedulerState, num_inference_steps: int, shape: tuple[int, ...] = (),
                       pad_to: int | None = None) -> DDIMSchedulerState:
@@ -84,10 +83,7 @@ class FlaxDDIMScheduler(FlaxSchedulerMixin):
             x0, eps = a * sample - b * model_output, a * model_output + b * sample
 
         # 2. keep x0_hat in range: dynamic thresholding (Imagen sec. 2.3) or plain clipping
-        if state.threshold is not None:
-            x0 = dynamic_threshold(x0, *state.threshold)
-        elif state.clip_range is not None:
-            x0 = jnp.clip(x0, -state.clip_range, state.clip_range)
+        x0 = bounded_x0(state, x0)
 
         # 3. sigma_t (eq. 16) and the weight of the direction term
         std = eta * jnp.sqrt(state.variance[i])

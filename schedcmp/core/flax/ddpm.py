@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from ..schedulers.ddpm import DDPMScheduler
 from .scheduling import FlaxSchedulerMixin, padded
-from .thresholding import dynamic_threshold
+from .thresholding import bounded_x0, x0_bounds
 
 
 @jax.tree_util.register_dataclass
@@ -54,8 +54,7 @@ class FlaxDDPMScheduler(FlaxSchedulerMixin):
             sqrt_alpha_bar=empty, sqrt_beta_bar=empty, x0_coeff=empty, xt_coeff=empty, noise_std=empty,
             min_log=empty, max_log=empty, adds_noise=jnp.zeros((0,), bool), step_index=jnp.int32(0),
             prediction_type=config.prediction_type, variance_type=config.variance_type,
-            threshold=(config.dynamic_thresholding_ratio, config.sample_max_value) if config.thresholding else None,
-            clip_range=config.clip_sample_range if config.clip_sample and not config.thresholding else None)
+            **x0_bounds(config))
 
     def set_timesteps(self, state: DDPMSchedulerState, num_inference_steps: int, shape: tuple[int, ...] = (),
                       pad_to: int | None = None) -> DDPMSchedulerState:
@@ -103,10 +102,7 @@ class FlaxDDPMScheduler(FlaxSchedulerMixin):
             x0 = sample * a - model_output * b
 
         # 3. keep x0_hat in range: dynamic thresholding (Imagen sec. 2.3) or plain clipping
-        if state.threshold is not None:
-            x0 = dynamic_threshold(x0, *state.threshold)
-        elif state.clip_range is not None:
-            x0 = jnp.clip(x0, -state.clip_range, state.clip_range)
+        x0 = bounded_x0(state, x0)
 
         # 4. posterior mean mu_t(x_t, x0_hat) (eq. 7)
         prev = x0 * state.x0_coeff[i] + sample * state.xt_coeff[i]

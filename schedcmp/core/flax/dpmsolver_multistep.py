@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from ..schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
 from .scheduling import FlaxSchedulerMixin, padded
-from .thresholding import dynamic_threshold
+from .thresholding import dynamic_threshold, x0_bounds
 
 
 @jax.tree_util.register_dataclass
@@ -63,7 +63,7 @@ class FlaxDPMSolverMultistepScheduler(FlaxSchedulerMixin):
             max_order=jnp.zeros((0,), jnp.int32), model_outputs=jnp.zeros((order,), self.dtype),
             lower_order_nums=jnp.int32(0), step_index=jnp.int32(0), solver_order=order,
             prediction_type=config.prediction_type, algorithm_type=config.algorithm_type,
-            threshold=(config.dynamic_thresholding_ratio, config.sample_max_value) if config.thresholding else None)
+            threshold=x0_bounds(config)["threshold"])
 
     def set_timesteps(self, state: DPMSolverMultistepSchedulerState, num_inference_steps: int,
                       shape: tuple[int, ...] = (), pad_to: int | None = None) -> DPMSolverMultistepSchedulerState:
