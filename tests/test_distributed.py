@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -340,8 +339,7 @@ def test_a_rank_that_cannot_start_stops_the_world_in_one_line(tmp_path: Path, ar
 
 
 def test_torchrun_within_workers_is_refused(tmp_path: Path) -> None:
-    started = time.monotonic()
-    (code, _, stderr), _ = _world(tmp_path, [["--schedulers", "euler", "--workers", "2"]] * 2)
-    assert code == 1 and time.monotonic() - started < 60
+    (code, _, stderr), _ = _world(tmp_path, [["--schedulers", "euler", "--workers", "2"]] * 2)  # finish() bounds it
+    assert code == 1
     assert stderr == ("error: --workers starts its own processes; under torchrun leave it out (torchrun's "
                       "--nproc-per-node says how many)\n")
